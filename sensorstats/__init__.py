@@ -1,0 +1,1 @@
+"""sensorstats: per-sensor statistics over HTTP, consistent across instances."""

@@ -1,0 +1,37 @@
+"""The application factory: settings and collaborators in, a WSGI app out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from sensorstats import problems
+from sensorstats.batch import Limits
+from sensorstats.readiness import Readiness
+from sensorstats.resources import (
+    DataResource,
+    HealthResource,
+    LiveResource,
+    StatisticsResource,
+)
+from sensorstats.settings import Settings
+from sensorstats.store import Store
+
+ROUTES = ("/data", "/statistics/{sensor_id:path}", "/healthz", "/livez")
+
+
+def create_app(
+    settings: Settings, store: Store, readiness: Readiness | None = None
+) -> falcon.App[Any, Any]:
+    """Wire `store` (and `readiness`, made from the store if not given) into the routes."""
+    limits = Limits(max_batch=settings.max_batch, max_sensor_id=settings.max_sensor_id)
+    readiness = readiness or Readiness(store)
+    app = falcon.App()
+    problems.register(app)
+    data, statistics, health, live = ROUTES
+    app.add_route(data, DataResource(store, limits, settings.max_body_bytes))
+    app.add_route(statistics, StatisticsResource(store, limits))
+    app.add_route(health, HealthResource(readiness))
+    app.add_route(live, LiveResource())
+    return app

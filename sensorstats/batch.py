@@ -1,0 +1,160 @@
+"""Turning a POST body into per-sensor deltas, validating the batch as a whole."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from sensorstats.errors import FieldError, InvalidBatch, PayloadTooLarge
+from sensorstats.stats import Stats, Timestamp, instant_of
+
+# A rejected batch lists at most this many errors; the detail gives the total.
+MAX_REPORTED_ERRORS = 100
+
+# Control characters, and lone surrogates (which "\ud800" in JSON produces):
+# neither can be part of an id that round-trips through a URL.
+_FORBIDDEN_IN_SENSOR_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds a batch must respect."""
+
+    max_batch: int = 10_000
+    max_sensor_id: int = 256
+
+
+class _NonFinite:
+    """Stands in for NaN and Infinity literals, so they fail as values, by index."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def sensor_id_problem(sensor: str, limits: Limits) -> str | None:
+    """Why `sensor` cannot be a sensor id, or None if it can."""
+    if not sensor:
+        return "must not be empty"
+    if len(sensor) > limits.max_sensor_id:
+        return f"must be at most {limits.max_sensor_id} characters"
+    if _FORBIDDEN_IN_SENSOR_ID.search(sensor):
+        return "must not contain control characters or unpaired surrogates"
+    return None
+
+
+def _value_problem(value: object) -> str | None:
+    if type(value) is float:
+        return None if math.isfinite(value) else "must be finite"
+    if type(value) is int:
+        try:
+            float(value)
+        except OverflowError:
+            return "must be finite as an IEEE double"
+        return None
+    if isinstance(value, _NonFinite):
+        return f"must be finite, got {value.literal}"
+    return "must be a number"
+
+
+def _decode(body: bytes) -> list[object]:
+    try:
+        document = json.loads(body, parse_constant=_NonFinite)
+    except RecursionError:
+        raise InvalidBatch("the body is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError included
+        raise InvalidBatch(f"the body is not valid JSON: {error}") from None
+    if not isinstance(document, list):
+        raise InvalidBatch("the body must be a JSON array of measurements")
+    return document
+
+
+class _Accumulator:
+    """One sensor's values and latest timestamp while a batch is read."""
+
+    __slots__ = ("instant", "text", "values")
+
+    def __init__(self, instant: int, text: str) -> None:
+        self.values: list[float | int] = []
+        self.instant = instant
+        self.text = text
+
+    def add(self, value: float | int, instant: int, text: str) -> None:
+        self.values.append(value)
+        # The same order as `Timestamp`: instant first, then text.
+        if instant > self.instant or (instant == self.instant and text > self.text):
+            self.instant = instant
+            self.text = text
+
+    def stats(self) -> Stats:
+        return Stats.of(self.values, Timestamp(self.instant, self.text))
+
+
+def parse_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
+    """The per-sensor statistics of a valid batch, keyed by sensor id.
+
+    Raises InvalidBatch naming every bad item by index and field (up to
+    `MAX_REPORTED_ERRORS`), or PayloadTooLarge for too many items.
+    """
+    items = _decode(body)
+    if len(items) > limits.max_batch:
+        raise PayloadTooLarge(
+            f"the batch has {len(items)} measurements; the limit is {limits.max_batch}"
+        )
+    errors: list[FieldError] = []
+    sensors: dict[str, _Accumulator] = {}
+    valid_ids: set[str] = set()  # ids repeat within a batch; check each once
+    for index, item in enumerate(items):
+        if type(item) is not dict:
+            errors.append(FieldError(index, None, "must be an object"))
+            continue
+        sensor = item.get("sensor")
+        if type(sensor) is not str:
+            errors.append(FieldError(index, "sensor", _type_problem(item, "sensor", "string")))
+        elif sensor not in valid_ids:
+            problem = sensor_id_problem(sensor, limits)
+            if problem:
+                errors.append(FieldError(index, "sensor", problem))
+            else:
+                valid_ids.add(sensor)
+
+        text = item.get("timestamp")
+        instant = 0
+        if type(text) is not str:
+            errors.append(
+                FieldError(index, "timestamp", _type_problem(item, "timestamp", "string"))
+            )
+        else:
+            try:
+                instant = instant_of(text)
+            except ValueError as error:
+                errors.append(
+                    FieldError(index, "timestamp", f"must be an ISO 8601 date-time: {error}")
+                )
+
+        value = item.get("value")
+        problem = _value_problem(value) if "value" in item else "is required"
+        if problem:
+            errors.append(FieldError(index, "value", problem))
+
+        if errors:  # the batch is rejected; only keep collecting errors
+            continue
+        assert type(sensor) is str
+        assert type(text) is str
+        accumulator = sensors.get(sensor)
+        if accumulator is None:
+            accumulator = sensors[sensor] = _Accumulator(instant, text)
+        accumulator.add(value, instant, text)  # type: ignore[arg-type]
+
+    if errors:
+        shown = errors[:MAX_REPORTED_ERRORS]
+        more = f"; the first {len(shown)} are listed" if len(errors) > len(shown) else ""
+        raise InvalidBatch(
+            f"{len(errors)} invalid field(s); nothing was stored{more}", tuple(shown)
+        )
+    return {sensor: accumulator.stats() for sensor, accumulator in sensors.items()}
+
+
+def _type_problem(item: dict[str, object], field: str, kind: str) -> str:
+    return f"must be a {kind}" if field in item else "is required"

@@ -1,0 +1,48 @@
+"""The failures sensorstats knows by name; `problems` maps each to HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason a batch was rejected: which item, which field, and why."""
+
+    index: int
+    field: str | None  # None when the item as a whole is wrong
+    message: str
+
+
+class InvalidBatch(Exception):
+    """The request body is not an acceptable batch; nothing of it was stored."""
+
+    def __init__(self, detail: str, errors: tuple[FieldError, ...] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class PayloadTooLarge(Exception):
+    """The body or the batch exceeds a configured limit."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidSensorId(Exception):
+    """A sensor id in a URL that no measurement could ever carry."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class StoreUnavailable(Exception):
+    """The store cannot serve the request now; retrying later may succeed."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after

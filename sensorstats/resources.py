@@ -1,0 +1,103 @@
+"""The HTTP resources: translate between requests and the core, nothing more."""
+
+from __future__ import annotations
+
+import json
+
+import falcon
+
+from sensorstats.batch import Limits, parse_batch, sensor_id_problem
+from sensorstats.errors import InvalidSensorId, PayloadTooLarge
+from sensorstats.problems import Problem
+from sensorstats.readiness import Readiness
+from sensorstats.store import Store
+
+STATISTICS_PREFIX = "/statistics/"
+
+
+class DataResource:
+    """``POST /data``: validate a batch as a whole, then store it."""
+
+    def __init__(self, store: Store, limits: Limits, max_body_bytes: int) -> None:
+        self._store = store
+        self._limits = limits
+        self._max_body_bytes = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        deltas = parse_batch(self._read_body(req), self._limits)
+        if deltas:
+            self._store.apply(deltas)
+        resp.status = falcon.HTTP_204
+
+    def _read_body(self, req: falcon.Request) -> bytes:
+        limit = self._max_body_bytes
+        declared = req.content_length
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+        body: bytes = req.bounded_stream.read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+        return body
+
+
+class StatisticsResource:
+    """``GET`` and ``DELETE /statistics/{sensor_id}``; the id is the rest of the path."""
+
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self._store = store
+        self._limits = limits
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, sensor_id: str) -> None:
+        stats = self._store.get(self._sensor(req, sensor_id))
+        resp.data = json.dumps(stats.as_json(), ensure_ascii=False).encode()
+        resp.content_type = falcon.MEDIA_JSON
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, sensor_id: str) -> None:
+        self._store.delete(self._sensor(req, sensor_id))
+        resp.status = falcon.HTTP_204
+
+    def _sensor(self, req: falcon.Request, routed: str) -> str:
+        sensor = routed
+        if "\ufffd" in routed:
+            # Falcon decodes the path leniently; an id must be exactly what was
+            # sent, so invalid UTF-8 is an error rather than U+FFFD.
+            raw = req.env["PATH_INFO"].encode("iso-8859-1")
+            try:
+                sensor = raw[
+                    raw.index(STATISTICS_PREFIX.encode()) + len(STATISTICS_PREFIX) :
+                ].decode()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidSensorId("the sensor id is not valid UTF-8") from None
+        problem = sensor_id_problem(sensor, self._limits)
+        if problem:
+            if not sensor:
+                raise Problem(falcon.HTTP_404, detail="no sensor id in the path")
+            raise InvalidSensorId(f"the sensor id {problem}")
+        return sensor
+
+
+class HealthResource:
+    """``GET /healthz``: 204 while ready to serve, 503 otherwise (never 200)."""
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if self._readiness.is_ready():
+            resp.status = falcon.HTTP_204
+            return
+        detail = "draining for shutdown" if self._readiness.draining else "the store is unreachable"
+        raise Problem(
+            falcon.HTTP_503,
+            type_uri="urn:sensorstats:problem:not-ready",
+            title="Not ready",
+            detail=detail,
+            headers={"Retry-After": "1"},
+        )
+
+
+class LiveResource:
+    """``GET /livez``: 204 while the process serves; never asks the store."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.status = falcon.HTTP_204

@@ -1,0 +1,236 @@
+"""Configuration: read once, from flags over environment over defaults.
+
+Each setting is a row of `OPTIONS`: its name (which gives the environment
+variable ``SENSORSTATS_<NAME>`` and the flag ``--<name>``), a converter from
+text, a default and a help line. Cross-field checks follow in `_check`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "SENSORSTATS_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the text says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdEndpoint:
+    """One etcd member's client URL, split into what the client needs."""
+
+    host: str
+    port: int
+    secure: bool = False
+
+    def __str__(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be told; see `OPTIONS` for meanings."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a service in a container listens on all
+    port: int = 8080
+    etcd_endpoints: tuple[EtcdEndpoint, ...] = ()
+    etcd_prefix: str = "/sensorstats/"
+    etcd_timeout: float = 2.0
+    write_timeout: float = 5.0
+    threads: int = 16
+    max_body_bytes: int = 1_048_576
+    max_batch: int = 10_000
+    max_sensor_id: int = 256
+    log_level: str = "INFO"
+    shutdown_timeout: float = 20.0
+    drain_delay: float = 0.0
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise SettingsError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return convert
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise SettingsError(f"must be a number of seconds, got {text!r}") from None
+        if not low <= value <= high:  # also rejects nan
+            raise SettingsError(f"must be between {low} and {high} seconds, got {text}")
+        return value
+
+    return convert
+
+
+def _host(text: str) -> str:
+    host = text.strip()
+    if not host or any(c.isspace() for c in host):
+        raise SettingsError(f"must be a host name or address, got {text!r}")
+    return host
+
+
+def _endpoint(text: str) -> EtcdEndpoint:
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise SettingsError(f"{text!r} is not host:port ({error})") from None
+    if parts.scheme not in ("http", "https"):
+        raise SettingsError(f"{text!r}: the scheme must be http or https")
+    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise SettingsError(f"{text!r} is not host:port or http(s)://host:port")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise SettingsError(f"{text!r}: credentials, queries and fragments are not allowed")
+    return EtcdEndpoint(parts.hostname, port, parts.scheme == "https")
+
+
+def _endpoints(text: str) -> tuple[EtcdEndpoint, ...]:
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        return ()
+    if not all(items):
+        raise SettingsError(f"has an empty entry: {text!r}")
+    return tuple(_endpoint(item) for item in items)
+
+
+def _prefix(text: str) -> str:
+    if not text:
+        raise SettingsError("must not be empty")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
+    return level
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One row of the settings table."""
+
+    name: str
+    convert: Callable[[str], Any]
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", _host, "0.0.0.0", "listen address"),  # noqa: S104
+    Option("port", _integer(0, 65535), "8080", "listen port (0 picks a free one)"),
+    Option(
+        "etcd_endpoints",
+        _endpoints,
+        "",
+        "comma-separated etcd members, host:port or http(s)://host:port; "
+        "empty means the embedded in-memory store (one instance only)",
+    ),
+    Option("etcd_prefix", _prefix, "/sensorstats/", "key namespace in etcd"),
+    Option("etcd_timeout", _seconds(0.05, 60), "2", "timeout of one etcd call, seconds"),
+    Option(
+        "write_timeout",
+        _seconds(0.05, 300),
+        "5",
+        "deadline for committing one POST, retries included, seconds",
+    ),
+    Option("threads", _integer(1, 1024), "16", "waitress worker threads"),
+    Option("max_body_bytes", _integer(1, 1 << 30), "1048576", "request body limit (413)"),
+    Option("max_batch", _integer(1, 10_000_000), "10000", "measurements per request (413)"),
+    Option("max_sensor_id", _integer(1, 65_536), "256", "characters per sensor id"),
+    Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Option(
+        "shutdown_timeout",
+        _seconds(0, 3600),
+        "20",
+        "after SIGTERM, how long in-flight requests may take to finish, seconds",
+    ),
+    Option(
+        "drain_delay",
+        _seconds(0, 3600),
+        "0",
+        "after SIGTERM, how long to keep serving with /healthz at 503 before "
+        "closing the listener, seconds",
+    ),
+)
+
+
+def _check(settings: Settings) -> None:
+    if settings.etcd_timeout > settings.write_timeout:
+        raise SettingsError(
+            f"SENSORSTATS_ETCD_TIMEOUT ({settings.etcd_timeout}) must not exceed "
+            f"SENSORSTATS_WRITE_TIMEOUT ({settings.write_timeout})"
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m sensorstats",
+        description="Serve per-sensor statistics over HTTP. "
+        "Every flag can also be set by the environment variable named in its help.",
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.name.upper(),
+            help=f"{option.help} [env {option.env}, default {option.default!r}]",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags, then ``SENSORSTATS_*`` variables, then defaults.
+
+    Raises SettingsError naming the offending flag or variable.
+    """
+    environ = os.environ if environ is None else environ
+    flags = _parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        flag_value = getattr(flags, option.name)
+        if flag_value is not None:
+            source, text = option.flag, flag_value
+        elif option.env in environ:
+            source, text = option.env, environ[option.env]
+        else:
+            source, text = "default", option.default
+        try:
+            values[option.name] = option.convert(text)
+        except SettingsError as error:
+            raise SettingsError(f"{source}: {error}") from None
+    settings = Settings(**values)
+    _check(settings)
+    return settings

@@ -1,0 +1,187 @@
+"""Per-sensor statistics as an exact, mergeable value.
+
+Every finite double, and every integer a JSON number can carry here, is a
+dyadic rational: ``m * 2**e`` with integers ``m`` and ``e``. Sums of dyadic
+rationals are dyadic rationals, so the sum of all measurements is kept exactly
+as one such pair, normalised so that ``m`` is odd (or the pair is ``(0, 0)``).
+Integer addition is associative and commutative, hence so is `Stats.merge`,
+bit for bit: the state never depends on arrival order or batching. The mean is
+computed once, as one correctly rounded integer division.
+
+The pair stays small: ``e >= -1074`` (the smallest subnormal) and
+``|m * 2**e| < count * 2**1024``, so ``m`` has at most about 2,100 bits plus
+``log2(count)`` whatever the values; for everyday readings it has 50 to 60.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+
+# The greatest string length accepted as a timestamp. `fromisoformat` accepts
+# any number of fractional digits; the stored record must stay bounded.
+MAX_TIMESTAMP_LENGTH = 64
+
+_ENCODING_VERSION = 1
+_MICROSECONDS_PER_DAY = 86_400_000_000
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Timestamp:
+    """A posted timestamp: its instant (for ordering) and its original text.
+
+    Ordering is by instant, then by text, so equal instants written
+    differently (``Z`` and ``+00:00``) resolve to the same winner whatever
+    the order in which they arrive.
+    """
+
+    instant: int  # microseconds since 0001-01-01T00:00:00 UTC
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Timestamp:
+        """Parse an ISO 8601 string as `datetime.fromisoformat` does; naive is UTC.
+
+        Raises ValueError for anything else, including over-long strings.
+        """
+        return cls(instant_of(text), text)
+
+
+def instant_of(text: str) -> int:
+    """Microseconds since 0001-01-01T00:00:00 UTC of an ISO 8601 timestamp.
+
+    Accepts what `datetime.fromisoformat` accepts, up to `MAX_TIMESTAMP_LENGTH`
+    characters; a timestamp without an offset is UTC. Raises ValueError.
+    """
+    if len(text) > MAX_TIMESTAMP_LENGTH:
+        raise ValueError(f"longer than {MAX_TIMESTAMP_LENGTH} characters")
+    moment = datetime.fromisoformat(text)
+    local = (
+        moment.toordinal() * _MICROSECONDS_PER_DAY
+        + ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000
+        + moment.microsecond
+    )
+    zone = moment.tzinfo
+    if zone is None:
+        return local
+    offset = _offsets.get(zone)
+    if offset is None:
+        offset = moment.utcoffset() // _ONE_MICROSECOND  # type: ignore[operator]
+        if len(_offsets) < 1024:
+            _offsets[zone] = offset
+    return local - offset
+
+
+# Microseconds east of UTC per zone seen; computing an offset is the slow part
+# of parsing, and a batch uses few distinct offsets.
+_offsets: dict[tzinfo, int] = {}
+
+
+def _normalise(mantissa: int, exponent: int) -> tuple[int, int]:
+    """The canonical pair for ``mantissa * 2**exponent``: odd mantissa or (0, 0)."""
+    if mantissa == 0:
+        return 0, 0
+    trailing_zeros = (mantissa & -mantissa).bit_length() - 1
+    return mantissa >> trailing_zeros, exponent + trailing_zeros
+
+
+def exact_sum(values: list[float | int]) -> tuple[int, int]:
+    """The exact sum of `values` as a normalised ``(mantissa, exponent)`` pair.
+
+    Each value contributes its exact ratio ``n / 2**k``; numerators are
+    summed per denominator (there are few distinct ones), then brought to the
+    largest denominator once. No `Fraction` is built per value.
+    """
+    by_denominator: dict[int, int] = {}
+    for value in values:
+        numerator, denominator = value.as_integer_ratio()
+        by_denominator[denominator] = by_denominator.get(denominator, 0) + numerator
+    if not by_denominator:
+        return 0, 0
+    common = max(by_denominator)
+    total = sum(n * (common // d) for d, n in by_denominator.items())
+    return _normalise(total, 1 - common.bit_length())
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Count, exact sum and latest timestamp of a sensor's measurements."""
+
+    count: int = 0
+    mantissa: int = 0  # the sum is exactly mantissa * 2**exponent
+    exponent: int = 0
+    latest: Timestamp | None = None
+
+    @classmethod
+    def of(cls, values: list[float | int], latest: Timestamp) -> Stats:
+        """Statistics of a non-empty list of values whose latest timestamp is known."""
+        mantissa, exponent = exact_sum(values)
+        return cls(len(values), mantissa, exponent, latest)
+
+    def merge(self, other: Stats) -> Stats:
+        """The statistics of both sets of measurements together (exact, symmetric)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        exponent = min(self.exponent, other.exponent)
+        mantissa = (self.mantissa << (self.exponent - exponent)) + (
+            other.mantissa << (other.exponent - exponent)
+        )
+        assert self.latest is not None
+        assert other.latest is not None
+        return Stats(
+            self.count + other.count,
+            *_normalise(mantissa, exponent),
+            max(self.latest, other.latest),
+        )
+
+    @property
+    def mean(self) -> float:
+        """The mean, rounded once to the nearest double; 0.0 when empty."""
+        if self.count == 0:
+            return 0.0
+        # int / int is correctly rounded in CPython, and the mean of finite
+        # doubles is itself within the double range, so this cannot overflow.
+        if self.exponent >= 0:
+            return (self.mantissa << self.exponent) / self.count
+        return self.mantissa / (self.count << -self.exponent)
+
+    def as_json(self) -> dict[str, object]:
+        """The public representation served by ``GET /statistics/{id}``."""
+        return {
+            "last_measurement": self.latest.text if self.latest else None,
+            "count": self.count,
+            "avg": self.mean,
+        }
+
+    def encode(self) -> bytes:
+        """A compact, versioned record: ``[1,count,"hex mantissa",exponent,"ts"]``."""
+        assert self.latest is not None, "empty statistics are not stored"
+        return json.dumps(
+            [
+                _ENCODING_VERSION,
+                self.count,
+                format(self.mantissa, "x"),
+                self.exponent,
+                self.latest.text,
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Stats:
+        """Inverse of `encode`; raises ValueError for a record it did not write."""
+        try:
+            version, count, mantissa, exponent, text = json.loads(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"not a statistics record: {data[:80]!r}") from error
+        if version != _ENCODING_VERSION:
+            raise ValueError(f"unknown statistics record version {version!r}")
+        return cls(count, int(mantissa, 16), exponent, Timestamp.parse(text))
+
+
+EMPTY = Stats()

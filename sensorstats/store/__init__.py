@@ -1,0 +1,36 @@
+"""Where statistics are kept: the `Store` protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from sensorstats.stats import Stats
+
+
+class Store(Protocol):
+    """A keeper of per-sensor statistics.
+
+    Implementations raise `sensorstats.errors.StoreUnavailable` when they
+    cannot answer now; every other exception is a bug.
+    """
+
+    description: str  # for the start-up log line: what and where
+
+    def apply(self, deltas: Mapping[str, Stats]) -> None:
+        """Merge each sensor's delta into its statistics, all or nothing where possible.
+
+        When this returns, every later `get` on any instance sees the result.
+        """
+
+    def get(self, sensor: str) -> Stats:
+        """The sensor's current statistics (`stats.EMPTY` if none), linearizable."""
+
+    def delete(self, sensor: str) -> None:
+        """Forget the sensor's statistics; a no-op for an unknown sensor."""
+
+    def check(self) -> None:
+        """Return if the store answers now, quickly; raise StoreUnavailable otherwise."""
+
+    def close(self) -> None:
+        """Release connections and threads; the store is not used afterwards."""
