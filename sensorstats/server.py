@@ -14,6 +14,7 @@ container runtime, also as PID 1, or SIGINT) drains the instance:
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import threading
 import time
@@ -95,8 +96,12 @@ class Server:
         self._loop_until(lambda: time.monotonic() >= close_at)
 
         for listener in self._listeners():
+            self._accept_backlog(listener)
             # Only the listening socket: the trigger and channels stay in use.
             wasyncore.dispatcher.close(listener)
+        # Read what the connections just accepted have sent, so their
+        # requests count as in flight.
+        wasyncore.loop(timeout=0, map=self._map, use_poll=True, count=1)
         deadline = time.monotonic() + self._settings.shutdown_timeout
         self._loop_until(lambda: not self._busy_channels() or time.monotonic() >= deadline)
 
@@ -111,6 +116,15 @@ class Server:
     def _loop_until(self, done: Callable[[], bool]) -> None:
         while not done():
             wasyncore.loop(timeout=_LOOP_TICK_SECONDS, map=self._map, use_poll=True, count=1)
+
+    @staticmethod
+    def _accept_backlog(listener: BaseWSGIServer) -> None:
+        """Accept connections the kernel completed but we have not taken yet.
+
+        Closing a listener resets them; their clients already sent requests.
+        """
+        while select.select([listener.socket], [], [], 0)[0]:
+            listener.handle_accept()
 
     def _listeners(self) -> list[BaseWSGIServer]:
         return [d for d in self._map.values() if isinstance(d, BaseWSGIServer)]
