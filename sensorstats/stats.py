@@ -16,6 +16,7 @@ The pair stays small: ``e >= -1074`` (the smallest subnormal) and
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -26,6 +27,7 @@ MAX_TIMESTAMP_LENGTH = 64
 _ENCODING_VERSION = 1
 _MICROSECONDS_PER_DAY = 86_400_000_000
 _ONE_MICROSECOND = timedelta(microseconds=1)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -57,6 +59,9 @@ def instant_of(text: str) -> int:
     """
     if len(text) > MAX_TIMESTAMP_LENGTH:
         raise ValueError(f"longer than {MAX_TIMESTAMP_LENGTH} characters")
+    if not text.isascii() and _SURROGATE.search(text):
+        # fromisoformat takes any separator; this one could not be stored or served.
+        raise ValueError("contains an unpaired surrogate")
     moment = datetime.fromisoformat(text)
     local = (
         moment.toordinal() * _MICROSECONDS_PER_DAY
