@@ -45,11 +45,18 @@ def serialize_problem(req: falcon.Request, resp: falcon.Response, error: falcon.
         "title": title,
         "status": status,
     }
-    if error.description:
-        document["detail"] = error.description
+    document["detail"] = error.description or _default_detail(req, status)
     document.update(getattr(error, "extensions", {}))
     resp.data = json.dumps(document, ensure_ascii=False).encode()
     resp.content_type = PROBLEM_JSON
+
+
+def _default_detail(req: falcon.Request, status: int) -> str:
+    if status == 404:
+        return f"nothing is served at {req.path}"
+    if status == 405:
+        return f"{req.method} is not allowed on {req.path}"
+    return HTTPStatus(status).description
 
 
 def _invalid_batch(
@@ -103,7 +110,9 @@ def _store_unavailable(
 def _unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
     # The traceback goes to the log, never to the client.
     _log.exception("%s %s: unexpected error", req.method, req.path)
-    raise Problem(falcon.HTTP_500)
+    raise Problem(
+        falcon.HTTP_500, detail="the request failed unexpectedly; the error has been logged"
+    )
 
 
 def register(app: falcon.App[Any, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from sensorstats.store import Store
 # How long one store check is trusted: /healthz may be probed by many clients,
 # and the store should see at most about one check a second from each instance.
 CHECK_TTL_SECONDS = 1.0
+
+_log = logging.getLogger(__name__)
 
 
 class Readiness:
@@ -57,5 +60,9 @@ class Readiness:
         try:
             self._store.check()
         except StoreUnavailable:
+            return False
+        except Exception:
+            # A probe must answer 503, not 500, whatever the store did.
+            _log.exception("store check failed unexpectedly")
             return False
         return True

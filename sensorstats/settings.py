@@ -29,8 +29,14 @@ class EtcdEndpoint:
     port: int
     secure: bool = False
 
+    @property
+    def netloc(self) -> str:
+        """``host:port``, with an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
     def __str__(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+        return f"{'https' if self.secure else 'http'}://{self.netloc}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +108,9 @@ def _endpoint(text: str) -> EtcdEndpoint:
 
 
 def _endpoints(text: str) -> tuple[EtcdEndpoint, ...]:
-    items = [item.strip() for item in text.split(",")]
-    if not any(items):
+    if not text.strip():
         return ()
+    items = [item.strip() for item in text.split(",")]
     if not all(items):
         raise SettingsError(f"has an empty entry: {text!r}")
     return tuple(_endpoint(item) for item in items)
@@ -183,8 +189,9 @@ OPTIONS: tuple[Option, ...] = (
 def _check(settings: Settings) -> None:
     if settings.etcd_timeout > settings.write_timeout:
         raise SettingsError(
-            f"SENSORSTATS_ETCD_TIMEOUT ({settings.etcd_timeout}) must not exceed "
-            f"SENSORSTATS_WRITE_TIMEOUT ({settings.write_timeout})"
+            f"the etcd timeout (SENSORSTATS_ETCD_TIMEOUT, --etcd-timeout: "
+            f"{settings.etcd_timeout}) must not exceed the write timeout "
+            f"(SENSORSTATS_WRITE_TIMEOUT, --write-timeout: {settings.write_timeout})"
         )
 
 
@@ -196,6 +203,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m sensorstats",
+        allow_abbrev=False,
         description="Serve per-sensor statistics over HTTP. "
         "Every flag can also be set by the environment variable named in its help.",
     )

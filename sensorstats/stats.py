@@ -39,7 +39,7 @@ class Timestamp:
     the order in which they arrive.
     """
 
-    instant: int  # microseconds since 0001-01-01T00:00:00 UTC
+    instant: int  # microseconds on a proleptic UTC scale; only ever compared
     text: str
 
     @classmethod
@@ -52,7 +52,7 @@ class Timestamp:
 
 
 def instant_of(text: str) -> int:
-    """Microseconds since 0001-01-01T00:00:00 UTC of an ISO 8601 timestamp.
+    """The instant of an ISO 8601 timestamp, in microseconds on a proleptic UTC scale.
 
     Accepts what `datetime.fromisoformat` accepts, up to `MAX_TIMESTAMP_LENGTH`
     characters; a timestamp without an offset is UTC. Raises ValueError.
@@ -186,6 +186,14 @@ class Stats:
             raise ValueError(f"not a statistics record: {data[:80]!r}") from error
         if version != _ENCODING_VERSION:
             raise ValueError(f"unknown statistics record version {version!r}")
+        if not (
+            type(count) is int
+            and count > 0
+            and type(mantissa) is str
+            and type(exponent) is int
+            and type(text) is str
+        ):
+            raise ValueError(f"malformed statistics record: {data[:80]!r}")
         return cls(count, int(mantissa, 16), exponent, Timestamp.parse(text))
 
 

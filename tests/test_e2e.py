@@ -254,8 +254,10 @@ def test_sigterm_as_pid_1_drains_and_exits_0(tmp_path: Path) -> None:
     port = free_port()
     log = (tmp_path / "pid1.log").open("wb")
     outer = subprocess.Popen(
-        ["unshare", "--fork", "--pid", "--mount-proc", sys.executable, "-m", "sensorstats"]
-        + ["--host", "127.0.0.1", "--port", str(port)],
+        [
+            *("unshare", "--fork", "--pid", "--mount-proc"),
+            *(sys.executable, "-m", "sensorstats", "--host", "127.0.0.1", "--port", str(port)),
+        ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -268,12 +270,8 @@ def test_sigterm_as_pid_1_drains_and_exits_0(tmp_path: Path) -> None:
         if not children:
             pytest.skip("unshare did not start a PID namespace here")
         pid_one = int(children[0])
-        assert Path(f"/proc/{pid_one}/status").read_text().count("NSpid") == 1
-        nspid = [
-            line
-            for line in Path(f"/proc/{pid_one}/status").read_text().splitlines()
-            if line.startswith("NSpid")
-        ][0]
+        status = Path(f"/proc/{pid_one}/status").read_text().splitlines()
+        nspid = next(line for line in status if line.startswith("NSpid"))
         assert nspid.split()[-1] == "1"  # really PID 1 inside its namespace
         os.kill(pid_one, signal.SIGTERM)
         assert outer.wait(timeout=20) == 0

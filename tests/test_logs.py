@@ -1,0 +1,140 @@
+"""Logging: waitress's queue-depth warnings are summarised, one line per interval."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from sensorstats.logs import QUEUE_LOGGER, QueueDepthSummary, configure_logging
+
+
+class Clock:
+    """Monotonic time that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Lines(logging.Handler):
+    """Keeps the message of each record that gets through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def lines() -> Lines:
+    return Lines()
+
+
+@pytest.fixture
+def queue(clock, lines) -> logging.Logger:
+    """A logger with the summary filter, outside logging's registry."""
+    logger = logging.Logger("tests.waitress.queue")
+    logger.addHandler(lines)
+    logger.addFilter(QueueDepthSummary(interval=10.0, clock=clock))
+    return logger
+
+
+def warn(logger: logging.Logger, depth: int) -> None:
+    logger.warning("Task queue depth is %d", depth)  # as waitress words it
+
+
+def test_the_first_warning_gets_through_as_it_is(queue, lines):
+    warn(queue, 3)
+    assert lines.lines == ["Task queue depth is 3"]
+
+
+def test_warnings_within_the_interval_are_held_back(queue, lines, clock):
+    for depth in range(1, 101):
+        warn(queue, depth)
+        clock.now += 0.05
+    assert lines.lines == ["Task queue depth is 1"]
+
+
+def test_the_next_warning_reports_how_many_were_held_back(queue, lines, clock):
+    for depth in (1, 2, 3, 4):
+        warn(queue, depth)
+    clock.now += 10.0
+    warn(queue, 9)
+    assert lines.lines == [
+        "Task queue depth is 1",
+        "Task queue depth is 9 (and 3 similar warnings since last)",
+    ]
+
+
+def test_one_warning_per_interval_under_a_steady_flood(queue, lines, clock):
+    for _ in range(300):  # 30 seconds at 10 warnings a second
+        warn(queue, 5)
+        clock.now += 0.1
+    assert len(lines.lines) == 3
+    assert lines.lines[1] == "Task queue depth is 5 (and 99 similar warnings since last)"
+
+
+def test_the_count_starts_again_after_each_report(queue, lines, clock):
+    warn(queue, 1)
+    warn(queue, 1)
+    clock.now += 10.0
+    warn(queue, 2)
+    clock.now += 10.0
+    warn(queue, 3)
+    assert lines.lines == [
+        "Task queue depth is 1",
+        "Task queue depth is 2 (and 1 similar warnings since last)",
+        "Task queue depth is 3",
+    ]
+
+
+def test_a_quiet_spell_lets_the_next_warning_through(queue, lines, clock):
+    warn(queue, 1)
+    clock.now += 3600.0
+    warn(queue, 2)
+    assert lines.lines == ["Task queue depth is 1", "Task queue depth is 2"]
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """Put back what `configure_logging` changes globally."""
+    root = logging.getLogger()
+    queue_logger = logging.getLogger(QUEUE_LOGGER)
+    handlers, level, filters = root.handlers[:], root.level, queue_logger.filters[:]
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    queue_logger.filters[:] = filters
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_configure_logging_sets_the_level_and_summarises_waitress_once(lines):
+    configure_logging("WARNING")
+    configure_logging("DEBUG")
+    assert logging.getLogger().level == logging.DEBUG
+    queue_logger = logging.getLogger(QUEUE_LOGGER)
+    assert sum(isinstance(f, QueueDepthSummary) for f in queue_logger.filters) == 1
+    queue_logger.addHandler(lines)
+    try:
+        warn(queue_logger, 1)
+        warn(queue_logger, 2)
+    finally:
+        queue_logger.removeHandler(lines)
+    assert lines.lines == ["Task queue depth is 1"]

@@ -1,0 +1,154 @@
+"""Readiness: a store check cached for its TTL, and draining that always wins.
+
+Time is a fake clock the tests move by hand; the store is a fake that counts
+its checks and fails on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from sensorstats.errors import StoreUnavailable
+from sensorstats.readiness import CHECK_TTL_SECONDS, Readiness
+from sensorstats.stats import EMPTY, Stats
+
+
+class Clock:
+    """Monotonic time that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CheckedStore:
+    """A store that counts `check` calls and is down while `down` is set."""
+
+    description = "a store for readiness tests"
+
+    def __init__(self) -> None:
+        self.checks = 0
+        self.down = False
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.down:
+            raise StoreUnavailable("etcd is unreachable")
+
+    def apply(self, deltas: Mapping[str, Stats]) -> None:
+        raise AssertionError("readiness must not write")
+
+    def get(self, sensor: str) -> Stats:
+        return EMPTY
+
+    def delete(self, sensor: str) -> None:
+        raise AssertionError("readiness must not delete")
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> CheckedStore:
+    return CheckedStore()
+
+
+@pytest.fixture
+def readiness(store, clock) -> Readiness:
+    return Readiness(store, ttl=1.0, clock=clock)
+
+
+def test_ready_while_the_store_answers(readiness, store):
+    assert readiness.is_ready()
+    assert store.checks == 1
+    assert not readiness.draining
+
+
+def test_not_ready_while_the_store_is_down(readiness, store):
+    store.down = True
+    assert not readiness.is_ready()
+
+
+def test_one_check_serves_every_probe_within_the_ttl(readiness, store, clock):
+    for _ in range(50):
+        assert readiness.is_ready()
+        clock.advance(0.01)
+    assert store.checks == 1
+
+
+def test_the_store_is_checked_again_after_the_ttl(readiness, store, clock):
+    readiness.is_ready()
+    clock.advance(0.999)
+    readiness.is_ready()
+    assert store.checks == 1
+    clock.advance(0.001)
+    readiness.is_ready()
+    assert store.checks == 2
+
+
+def test_an_outage_shows_once_the_cached_answer_expires(readiness, store, clock):
+    assert readiness.is_ready()
+    store.down = True
+    assert readiness.is_ready()  # still the cached answer
+    clock.advance(1.0)
+    assert not readiness.is_ready()
+
+
+def test_readiness_recovers_when_the_store_does(readiness, store, clock):
+    store.down = True
+    assert not readiness.is_ready()
+    store.down = False
+    clock.advance(1.0)
+    assert readiness.is_ready()
+    assert store.checks == 2
+
+
+def test_a_failed_check_is_cached_too(readiness, store, clock):
+    store.down = True
+    for _ in range(10):
+        assert not readiness.is_ready()
+    assert store.checks == 1
+
+
+def test_draining_wins_over_a_healthy_store(readiness, store, clock):
+    assert readiness.is_ready()
+    readiness.start_draining()
+    assert readiness.draining
+    assert not readiness.is_ready()
+    clock.advance(10.0)
+    assert not readiness.is_ready()
+
+
+def test_draining_does_not_need_the_store(readiness, store):
+    readiness.start_draining()
+    assert not readiness.is_ready()
+    assert store.checks == 0
+
+
+def test_draining_is_for_good(readiness):
+    readiness.start_draining()
+    readiness.start_draining()
+    assert readiness.draining
+    assert not readiness.is_ready()
+
+
+def test_the_default_ttl_keeps_answers_about_a_second(store, clock):
+    # CONTRACT §5: the check is cached "for at most about a second".
+    assert 0 < CHECK_TTL_SECONDS <= 1.0
+    readiness = Readiness(store, clock=clock)
+    readiness.is_ready()
+    clock.advance(CHECK_TTL_SECONDS)
+    readiness.is_ready()
+    assert store.checks == 2
