@@ -48,6 +48,7 @@ class Settings:
     etcd_endpoints: tuple[EtcdEndpoint, ...] = ()
     etcd_prefix: str = "/sensorstats/"
     etcd_timeout: float = 2.0
+    etcd_max_txn_ops: int = 128
     write_timeout: float = 5.0
     threads: int = 16
     max_body_bytes: int = 1_048_576
@@ -117,8 +118,8 @@ def _endpoints(text: str) -> tuple[EtcdEndpoint, ...]:
 
 
 def _prefix(text: str) -> str:
-    if not text:
-        raise SettingsError("must not be empty")
+    if not text.endswith("/"):
+        raise SettingsError(f"must end with '/' so that keys read as a path, got {text!r}")
     return text
 
 
@@ -159,6 +160,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("etcd_prefix", _prefix, "/sensorstats/", "key namespace in etcd"),
     Option("etcd_timeout", _seconds(0.05, 60), "2", "timeout of one etcd call, seconds"),
+    Option(
+        "etcd_max_txn_ops",
+        _integer(2, 1_000_000),
+        "128",
+        "operations etcd allows per transaction (its --max-txn-ops); "
+        "batches touching more sensors are split",
+    ),
     Option(
         "write_timeout",
         _seconds(0.05, 300),

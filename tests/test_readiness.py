@@ -152,3 +152,19 @@ def test_the_default_ttl_keeps_answers_about_a_second(store, clock):
     clock.advance(CHECK_TTL_SECONDS)
     readiness.is_ready()
     assert store.checks == 2
+
+
+class BrokenStore(CheckedStore):
+    """A store whose check fails with something other than StoreUnavailable."""
+
+    def check(self) -> None:
+        self.checks += 1
+        raise RuntimeError("a bug in the store")
+
+
+def test_a_store_check_that_raises_anything_means_not_ready(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    readiness = Readiness(BrokenStore(), clock=clock)
+    assert readiness.is_ready() is False
+    assert "store check failed unexpectedly" in caplog.text

@@ -1,0 +1,48 @@
+"""Where things live in etcd, under the configured prefix.
+
+``<prefix>sensors/<id>``
+    One sensor's statistics (`Stats.encode`). The id is percent-encoded
+    (`urllib.parse.quote` with nothing kept safe but ``A-Za-z0-9_.-~``), so
+    the key is printable ASCII that reads back with ``etcdctl``, distinct ids
+    give distinct keys (percent-encoding has an inverse), and an encoded id
+    never contains ``/``: a per-sensor range ``<prefix>sensors/<id>/`` added
+    later cannot cover another sensor, even one whose id extends this one's.
+
+``<prefix>requests/<request id>/<chunk>``
+    A request marker: written, with a lease, by the transaction that applies
+    one chunk of one POST, so that a retry can tell whether an attempt whose
+    answer was lost did commit. See `etcd.EtcdStore`.
+
+``<prefix>healthz``
+    Never written; `EtcdStore.check` reads it to prove a quorum answers.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+SENSORS = "sensors/"
+REQUESTS = "requests/"
+HEALTH = "healthz"
+
+
+def sensor_key(prefix: str, sensor: str) -> str:
+    """The key holding `sensor`'s statistics."""
+    return prefix + SENSORS + quote(sensor, safe="")
+
+
+def sensor_of(prefix: str, key: str) -> str:
+    """Inverse of `sensor_key`; raises ValueError for any other key."""
+    if not key.startswith(prefix + SENSORS):
+        raise ValueError(f"{key!r} is not a sensor key under {prefix!r}")
+    return unquote(key[len(prefix + SENSORS) :], errors="strict")
+
+
+def marker_key(prefix: str, request_id: str, chunk: int) -> str:
+    """The key that proves chunk `chunk` of request `request_id` was applied."""
+    return f"{prefix}{REQUESTS}{request_id}/{chunk}"
+
+
+def health_key(prefix: str) -> str:
+    """A key under the prefix that `check` reads and nothing writes."""
+    return prefix + HEALTH

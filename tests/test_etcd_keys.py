@@ -1,0 +1,63 @@
+"""The etcd key layout: one key per sensor, never overlapping another's."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sensorstats.store.etcd_keys import health_key, marker_key, sensor_key, sensor_of
+
+PREFIX = "/sensorstats/"
+
+# Every legal sensor id: no control characters, valid Unicode (no lone surrogates).
+sensor_ids = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\x7f", min_codepoint=0x20),
+    min_size=1,
+    max_size=256,
+)
+
+
+@given(sensor_ids)
+def test_a_sensor_key_is_printable_ascii_without_slash_after_the_prefix(sensor: str) -> None:
+    key = sensor_key(PREFIX, sensor)
+    encoded = key.removeprefix(PREFIX + "sensors/")
+    assert key.startswith(PREFIX + "sensors/")
+    assert encoded.isascii()
+    assert encoded.isprintable()
+    assert "/" not in encoded
+
+
+@given(sensor_ids)
+def test_a_sensor_key_names_exactly_one_sensor(sensor: str) -> None:
+    assert sensor_of(PREFIX, sensor_key(PREFIX, sensor)) == sensor
+
+
+@given(sensor_ids, sensor_ids)
+def test_no_sensor_key_or_its_subtree_covers_another(a: str, b: str) -> None:
+    if a != b:
+        key_a, key_b = sensor_key(PREFIX, a), sensor_key(PREFIX, b)
+        assert key_a != key_b
+        assert not key_b.startswith(key_a + "/")
+
+
+def test_keys_read_well_with_etcdctl() -> None:
+    assert sensor_key(PREFIX, "room 1/temp") == "/sensorstats/sensors/room%201%2Ftemp"
+    assert sensor_key(PREFIX, "a%2Fb") == "/sensorstats/sensors/a%252Fb"
+    assert sensor_key(PREFIX, "température") == "/sensorstats/sensors/temp%C3%A9rature"
+    assert sensor_key(PREFIX, "..") == "/sensorstats/sensors/.."
+    assert sensor_key(PREFIX, string.ascii_letters) == PREFIX + "sensors/" + string.ascii_letters
+
+
+def test_markers_and_the_probe_live_beside_the_sensors() -> None:
+    assert marker_key(PREFIX, "ab12", 3) == "/sensorstats/requests/ab12/3"
+    assert health_key(PREFIX) == "/sensorstats/healthz"
+    assert not health_key(PREFIX).startswith(PREFIX + "sensors/")
+
+
+@pytest.mark.parametrize("key", ["/other/sensors/a", "/sensorstats/requests/a", "/sensorstats/"])
+def test_only_sensor_keys_name_a_sensor(key: str) -> None:
+    with pytest.raises(ValueError, match="not a sensor key"):
+        sensor_of(PREFIX, key)
