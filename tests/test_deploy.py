@@ -1,0 +1,560 @@
+"""Offline checks of the deployment files: Dockerfile, .dockerignore and kube/.
+
+Linters (hadolint, kubernetes-validate, yamllint) catch what is malformed; the
+semantic tests catch manifests that are well-formed but would not work
+together: a probe on a route the app does not serve, an etcd endpoint list
+that does not name the StatefulSet's pods, a grace period shorter than the
+shutdown it must cover. Nothing here needs Docker, a cluster or the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBE = ROOT / "kube"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+YAMLLINT_CONFIG = ROOT / ".yamllint"
+REQUIREMENTS = ROOT / "requirements.txt"
+
+# The oldest Kubernetes the manifests promise to work on: the preStop `sleep`
+# action is beta (on by default) since 1.30. The newest is whatever the
+# installed kubernetes-validate ships.
+OLDEST_KUBERNETES = "1.31.0"
+APP_PORT = 8080
+# etcd gained /livez and /readyz in 3.5.11.
+MIN_ETCD = (3, 5, 11)
+# Seconds between the kubelet's SIGKILL and the app's own shutdown deadline.
+GRACE_MARGIN = 2
+
+Manifest = dict[str, Any]
+
+
+# --- tools -------------------------------------------------------------------
+
+
+def _missing(what: str) -> NoReturn:
+    """Skip locally, but fail in CI: a check that silently does not run is no check."""
+    message = f"{what} is not installed; see tox.ini for the pinned test dependencies"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _executable(name: str) -> str:
+    """The tool on PATH or beside this interpreter (a venv not activated)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        _missing(name)
+    return found
+
+
+def _python_module(name: str) -> list[str]:
+    if importlib.util.find_spec(name) is None:
+        _missing(name)
+    return [sys.executable, "-m", name]
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    result = _run([_executable("hadolint"), str(DOCKERFILE)])
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_manifests_are_valid_kubernetes_objects(which: str) -> None:
+    command = _python_module("kubernetes_validate")
+    from kubernetes_validate import utils
+
+    version = OLDEST_KUBERNETES if which == "oldest" else utils.latest_version()
+    files = [str(path) for path in sorted(KUBE.glob("*.yaml"))]
+    result = _run([*command, "--strict", "--quiet", "-k", version, *files])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yaml_files_pass_yamllint() -> None:
+    command = _python_module("yamllint")
+    result = _run([*command, "--strict", "-c", str(YAMLLINT_CONFIG), "kube/", ".yamllint"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- manifests ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[Manifest]:
+    found: list[Manifest] = []
+    for path in sorted(KUBE.glob("*.yaml")):
+        found.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return found
+
+
+def _one(objects: list[Manifest], kind: str, name: str) -> Manifest:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected exactly one {kind}/{name} in kube/"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def deployment(objects: list[Manifest]) -> Manifest:
+    return _one(objects, "Deployment", "sensorstats")
+
+
+@pytest.fixture(scope="module")
+def statefulset(objects: list[Manifest]) -> Manifest:
+    return _one(objects, "StatefulSet", "etcd")
+
+
+@pytest.fixture(scope="module")
+def app(deployment: Manifest) -> Manifest:
+    return _container(deployment, "sensorstats")
+
+
+@pytest.fixture(scope="module")
+def etcd(statefulset: Manifest) -> Manifest:
+    return _container(statefulset, "etcd")
+
+
+def _pod_spec(workload: Manifest) -> Manifest:
+    spec: Manifest = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(workload: Manifest, name: str) -> Manifest:
+    containers = [c for c in _pod_spec(workload)["containers"] if c["name"] == name]
+    assert len(containers) == 1, f"no container {name!r}"
+    return containers[0]
+
+
+def _env(container: Manifest) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _flags(container: Manifest) -> dict[str, str]:
+    """etcd's ``--name=value`` arguments as a mapping."""
+    pairs = (arg.split("=", 1) for arg in container["args"] if arg.startswith("--"))
+    return dict(pairs)
+
+
+def _port(container: Manifest, name_or_number: str | int) -> int:
+    """A probe's or Service's port, resolving a named container port."""
+    if isinstance(name_or_number, int):
+        return name_or_number
+    numbers = [p["containerPort"] for p in container["ports"] if p.get("name") == name_or_number]
+    assert len(numbers) == 1, f"no container port named {name_or_number!r}"
+    number: int = numbers[0]
+    return number
+
+
+def _selects(selector: dict[str, str], workload: Manifest) -> bool:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _workloads(objects: list[Manifest]) -> list[Manifest]:
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _prestop_seconds(container: Manifest) -> int:
+    pre_stop = container.get("lifecycle", {}).get("preStop", {})
+    if "sleep" in pre_stop:
+        seconds: int = pre_stop["sleep"]["seconds"]
+        return seconds
+    if pre_stop.get("exec", {}).get("command", [None])[0] in ("sleep", "/bin/sleep"):
+        return int(pre_stop["exec"]["command"][1])
+    return 0
+
+
+def test_sensorstats_runs_two_replicas(deployment: Manifest) -> None:
+    assert deployment["spec"]["replicas"] == 2
+
+
+def test_the_service_reaches_the_container_port(objects: list[Manifest], app: Manifest) -> None:
+    service = _one(objects, "Service", "sensorstats")
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == APP_PORT  # kubectl port-forward svc/sensorstats 8080:8080
+    assert _port(app, port["targetPort"]) == APP_PORT
+    assert [p["containerPort"] for p in app["ports"]] == [APP_PORT]
+
+
+def test_probes_check_readiness_on_healthz_and_liveness_on_livez(app: Manifest) -> None:
+    probes = {kind: app[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["path"] == "/healthz"
+    # /healthz fails while etcd is down; liveness on it would restart every
+    # replica during an etcd outage.
+    assert probes["livenessProbe"]["path"] == "/livez"
+    assert app["startupProbe"]["httpGet"]["path"] == "/livez"
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert _port(app, app[kind]["httpGet"]["port"]) == APP_PORT, kind
+
+
+def test_probe_paths_are_served_by_the_app(app: Manifest) -> None:
+    paths = {app[kind]["httpGet"]["path"] for kind in ("readinessProbe", "livenessProbe")}
+    try:
+        from falcon import testing
+
+        from sensorstats.app import create_app
+        from sensorstats.settings import Settings
+        from sensorstats.store.memory import MemoryStore
+    except ImportError:  # the app is not importable here: check the documented routes
+        assert paths <= {"/healthz", "/livez"}
+        return
+    client = testing.TestClient(create_app(Settings(), MemoryStore()))
+    for path in sorted(paths):
+        assert client.simulate_get(path).status_code == 204, path
+
+
+def test_app_environment_names_real_settings(app: Manifest) -> None:
+    """A misspelt variable would be ignored silently and the default used."""
+    settings = pytest.importorskip("sensorstats.settings")
+    env = _env(app)
+    known = {option.env for option in settings.OPTIONS}
+    assert {name for name in env if name.startswith("SENSORSTATS_")} <= known
+    loaded = settings.load_settings([], environ=env)  # raises on a value the app rejects
+    assert len(loaded.etcd_endpoints) == 3
+
+
+def test_etcd_endpoints_name_every_statefulset_member(
+    objects: list[Manifest], app: Manifest, statefulset: Manifest, etcd: Manifest
+) -> None:
+    headless = _one(objects, "Service", statefulset["spec"]["serviceName"])
+    client_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "client")
+    name = statefulset["metadata"]["name"]
+    expected = [
+        f"http://{name}-{i}.{headless['metadata']['name']}:{client_port}"
+        for i in range(statefulset["spec"]["replicas"])
+    ]
+    assert _env(app)["SENSORSTATS_ETCD_ENDPOINTS"].split(",") == expected
+    assert _flags(etcd)["--listen-client-urls"].endswith(f":{client_port}")
+
+
+def test_etcd_members_can_find_each_other_before_ready(
+    objects: list[Manifest], statefulset: Manifest, etcd: Manifest
+) -> None:
+    headless = _one(objects, "Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    # Readiness needs a quorum, so DNS must not wait for it; likewise the pods
+    # must start together, not one after the other became ready.
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    assert _selects(headless["spec"]["selector"], statefulset)
+    ports = {p["name"]: _port(etcd, p["targetPort"]) for p in headless["spec"]["ports"]}
+    assert ports == {"client": 2379, "peer": 2380}
+
+
+def test_etcd_bootstraps_three_members_by_stable_names(
+    statefulset: Manifest, etcd: Manifest
+) -> None:
+    name, service = statefulset["metadata"]["name"], statefulset["spec"]["serviceName"]
+    replicas = statefulset["spec"]["replicas"]
+    assert replicas == 3
+    flags = _flags(etcd)
+
+    def peer_url(pod: str) -> str:
+        return f"http://{pod}.{service}.$(POD_NAMESPACE).svc:2380"
+
+    members = [f"{name}-{i}" for i in range(replicas)]
+    assert flags["--initial-cluster"] == ",".join(f"{m}={peer_url(m)}" for m in members)
+    assert flags["--name"] == "$(POD_NAME)"
+    assert flags["--initial-advertise-peer-urls"] == peer_url("$(POD_NAME)")
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in etcd["env"]}
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+
+def test_etcd_compacts_history_within_a_quota_its_volume_holds(
+    statefulset: Manifest, etcd: Manifest
+) -> None:
+    flags = _flags(etcd)
+    assert flags["--auto-compaction-mode"] in ("periodic", "revision")
+    assert flags["--auto-compaction-retention"]
+    quota = int(flags["--quota-backend-bytes"])
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    storage = claim["spec"]["resources"]["requests"]["storage"]
+    assert storage.endswith("Gi")
+    # The database plus one snapshot received from the leader must fit.
+    assert 0 < 2 * quota <= int(storage[:-2]) * 2**30
+    (mount,) = etcd["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert flags["--data-dir"].startswith(mount["mountPath"] + "/")
+
+
+def test_etcd_probes_use_its_own_health_endpoints(etcd: Manifest) -> None:
+    metrics_port = int(_flags(etcd)["--listen-metrics-urls"].rsplit(":", 1)[1])
+    for kind, path in [("startupProbe", "/livez"), ("livenessProbe", "/livez")]:
+        assert etcd[kind]["httpGet"]["path"] == path, kind
+    assert etcd["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert _port(etcd, etcd[kind]["httpGet"]["port"]) == metrics_port, kind
+
+
+def test_etcd_image_is_a_pinned_release_with_those_endpoints(etcd: Manifest) -> None:
+    match = re.fullmatch(r"[\w.\-/]+/etcd:v(\d+)\.(\d+)\.(\d+)", etcd["image"])
+    assert match, f"{etcd['image']} is not pinned to a release tag"
+    assert tuple(map(int, match.groups())) >= MIN_ETCD
+
+
+@pytest.mark.parametrize(("kind", "name", "budget"), [
+    ("Deployment", "sensorstats", {"minAvailable": 1}),
+    ("StatefulSet", "etcd", {"maxUnavailable": 1}),
+])  # fmt: skip
+def test_each_disruption_budget_covers_exactly_its_workload(
+    objects: list[Manifest], kind: str, name: str, budget: dict[str, int]
+) -> None:
+    pdb = _one(objects, "PodDisruptionBudget", name)
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert [w["kind"] for w in _workloads(objects) if _selects(selector, w)] == [kind]
+    assert {k: v for k, v in pdb["spec"].items() if k != "selector"} == budget
+    workload = _one(objects, kind, name)
+    # A budget the workload cannot satisfy would block every node drain.
+    assert budget.get("minAvailable", 0) < workload["spec"]["replicas"]
+
+
+@pytest.mark.parametrize(("service", "kind"), [
+    ("sensorstats", "Deployment"), ("etcd", "StatefulSet"), ("etcd-client", "StatefulSet"),
+])  # fmt: skip
+def test_each_service_selects_exactly_its_workload(
+    objects: list[Manifest], service: str, kind: str
+) -> None:
+    selector = _one(objects, "Service", service)["spec"]["selector"]
+    assert [w["kind"] for w in _workloads(objects) if _selects(selector, w)] == [kind]
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
+def test_pods_run_unprivileged_and_read_only(objects: list[Manifest], kind: str) -> None:
+    (workload,) = [o for o in objects if o["kind"] == kind]
+    pod = _pod_spec(workload)
+    assert pod["automountServiceAccountToken"] is False
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert isinstance(security["runAsUser"], int)
+    assert security["runAsUser"] > 0
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }, container["name"]
+        assert "memory" in container["resources"]["limits"], container["name"]
+        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+
+
+def test_app_has_a_writable_tmp_for_spooled_request_bodies(
+    deployment: Manifest, app: Manifest
+) -> None:
+    (mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == "/tmp"]
+    volumes = {v["name"]: v for v in _pod_spec(deployment)["volumes"]}
+    assert "emptyDir" in volumes[mount["name"]]
+    assert not mount.get("readOnly", False)
+
+
+def test_app_runs_as_the_image_user(deployment: Manifest, final_stage: list[Instruction]) -> None:
+    (user,) = [i.args for i in final_stage if i.keyword == "USER"]
+    uid, _, gid = user.partition(":")
+    security = _pod_spec(deployment)["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (int(uid), int(gid or uid))
+
+
+def test_grace_period_covers_prestop_drain_and_shutdown(
+    deployment: Manifest, app: Manifest
+) -> None:
+    env = _env(app)
+    pre_stop = _prestop_seconds(app)
+    assert pre_stop > 0, "without a preStop pause, requests race the endpoint removal"
+    needed = (
+        pre_stop
+        + float(env.get("SENSORSTATS_DRAIN_DELAY", "0"))
+        + float(env.get("SENSORSTATS_SHUTDOWN_TIMEOUT", "20"))
+        + GRACE_MARGIN
+    )
+    assert _pod_spec(deployment)["terminationGracePeriodSeconds"] >= needed
+
+
+def test_service_links_cannot_set_the_apps_port_variable(deployment: Manifest) -> None:
+    # The Service "sensorstats" would inject SENSORSTATS_PORT=tcp://<ip>:8080.
+    assert _pod_spec(deployment)["enableServiceLinks"] is False
+
+
+def test_rollouts_never_drop_below_the_replica_count(deployment: Manifest) -> None:
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_local_image_is_not_pulled_on_every_start(app: Manifest) -> None:
+    assert app["image"] == "exercise:latest"
+    assert app["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_rehearsal_reads_the_manifests_as_yaml_does(
+    deployment: Manifest, app: Manifest, statefulset: Manifest, etcd: Manifest
+) -> None:
+    """tests/rehearsal.py parses kube/ with regexes (stdlib only); they must agree."""
+    from tests import rehearsal
+
+    topology = rehearsal.read_topology()
+    assert topology.app_env == {k: v for k, v in _env(app).items() if k.startswith("SENSORSTATS_")}
+    assert topology.app_replicas == deployment["spec"]["replicas"]
+    assert topology.readiness_path == app["readinessProbe"]["httpGet"]["path"]
+    assert topology.etcd_replicas == statefulset["spec"]["replicas"]
+    assert set(topology.etcd_policy_flags) <= set(etcd["args"])
+
+
+def test_manifests_name_no_namespace(objects: list[Manifest]) -> None:
+    assert [o["metadata"]["name"] for o in objects if "namespace" in o["metadata"]] == []
+
+
+# --- Dockerfile ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction, continuation lines joined."""
+
+    keyword: str
+    args: str
+
+
+def _instructions(text: str) -> Iterator[Instruction]:
+    pending = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue  # comments and blank lines may sit inside continuations
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, args = pending.strip().partition(" ")
+        yield Instruction(keyword.upper(), " ".join(args.split()))
+        pending = ""
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[Instruction]:
+    return list(_instructions(DOCKERFILE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    starts = [n for n, i in enumerate(instructions) if i.keyword == "FROM"]
+    return instructions[starts[-1] :]
+
+
+def _exec_form(instruction: Instruction) -> list[str]:
+    command = json.loads(instruction.args)  # fails on shell form, which would hide SIGTERM
+    assert isinstance(command, list)
+    return command
+
+
+def test_image_starts_the_app_on_8080(final_stage: list[Instruction]) -> None:
+    entry = [_exec_form(i) for i in final_stage if i.keyword == "ENTRYPOINT"]
+    (cmd,) = [_exec_form(i) for i in final_stage if i.keyword == "CMD"]
+    command = (entry[-1] if entry else []) + cmd
+    assert command[:3] == ["python", "-m", "sensorstats"]
+    assert command[command.index("--port") + 1] == str(APP_PORT)
+    assert [i.args for i in final_stage if i.keyword == "EXPOSE"] == [str(APP_PORT)]
+
+
+def test_image_user_is_numeric_and_not_root(final_stage: list[Instruction]) -> None:
+    (user,) = [i.args for i in final_stage if i.keyword == "USER"]
+    assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), user
+
+
+def test_both_stages_use_the_same_pinned_slim_python(instructions: list[Instruction]) -> None:
+    bases = {i.args.split()[0] for i in instructions if i.keyword == "FROM"}
+    # One base: the venv built in the first stage links to its interpreter.
+    (base,) = bases
+    match = re.fullmatch(r"python:3\.(\d+)\.\d+-slim(-\w+)?", base)
+    assert match, base
+    assert int(match.group(1)) >= 12, base
+
+
+def test_final_stage_holds_only_the_venv_and_the_package(
+    final_stage: list[Instruction],
+) -> None:
+    assert [i.keyword for i in final_stage if i.keyword in ("RUN", "ADD")] == []
+    copies = [i.args.split() for i in final_stage if i.keyword == "COPY"]
+    assert all(c[0].startswith("--from=") for c in copies), copies
+    assert sorted(c[-1] for c in copies) == ["/app", "/opt/venv"]
+    env = " ".join(i.args for i in final_stage if i.keyword == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+    assert "PYTHONUNBUFFERED=1" in env
+
+
+def test_image_installs_exactly_the_requirements(instructions: list[Instruction]) -> None:
+    runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
+    assert re.search(r"(--requirement|-r) /tmp/requirements\.txt", runs)
+    assert "--no-cache-dir" in runs
+
+
+def test_requirements_pin_their_whole_closure() -> None:
+    """The image installs requirements.txt with --no-deps: a missing pin is a missing module."""
+    pinned: dict[str, Version] = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        requirement = Requirement(text)
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", line
+        pinned[canonicalize_name(requirement.name)] = Version(spec.version)
+    unmet = []
+    for name in sorted(pinned):
+        try:
+            needs = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            _missing(f"{name} (from requirements.txt)")
+        for need in map(Requirement, needs):
+            if need.marker and not need.marker.evaluate({"extra": ""}):
+                continue
+            have = pinned.get(canonicalize_name(need.name))
+            if have is None or have not in need.specifier:
+                unmet.append(f"{name} needs {need}")
+    assert unmet == []
+
+
+def test_healthcheck_probes_healthz_with_the_stdlib(final_stage: list[Instruction]) -> None:
+    (check,) = [i.args for i in final_stage if i.keyword == "HEALTHCHECK"]
+    options, _, command = check.partition(" CMD ")
+    assert "--timeout=" in options
+    argv = json.loads(command)
+    assert argv[:2] == ["python", "-c"]
+    assert f"http://127.0.0.1:{APP_PORT}/healthz" in argv[2]
+    assert [i.args for i in final_stage if i.keyword == "STOPSIGNAL"] == ["SIGTERM"]
+
+
+def test_build_context_holds_only_what_the_dockerfile_copies(
+    instructions: list[Instruction],
+) -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "allow-list: .git, tests/, kube/, venvs stay out"
+    sources = [
+        i.args.split()[0]
+        for i in instructions
+        if i.keyword == "COPY" and not i.args.startswith("--from=")
+    ]
+    assert sources
+    assert [s for s in sources if f"!{s}" not in patterns] == []
