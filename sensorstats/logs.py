@@ -1,4 +1,4 @@
-"""Logging set-up, including a brake on waitress's queue-depth warnings."""
+"""Logging set-up, including a brake on warnings that come in floods."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ from collections.abc import Callable
 # Waitress warns "Task queue depth is N" for every request queued behind busy
 # threads: under load that is thousands of lines a second saying one thing.
 QUEUE_LOGGER = "waitress.queue"
-QUEUE_REPORT_INTERVAL_SECONDS = 10.0
+# One warning per request answered 503 because the store is unavailable: the
+# same flood during an etcd outage.
+UNAVAILABLE_LOGGER = "sensorstats.unavailable"
+SUMMARISED_LOGGERS = (QUEUE_LOGGER, UNAVAILABLE_LOGGER)
+REPORT_INTERVAL_SECONDS = 10.0
 
 
-class QueueDepthSummary(logging.Filter):
-    """Lets one queue-depth warning through per interval, with what it hid."""
+class RepeatSummary(logging.Filter):
+    """Lets one record through per interval, noting how many it held back."""
 
     def __init__(
         self,
-        interval: float = QUEUE_REPORT_INTERVAL_SECONDS,
+        interval: float = REPORT_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -43,13 +47,14 @@ class QueueDepthSummary(logging.Filter):
 
 
 def configure_logging(level: str) -> None:
-    """Plain text lines on stderr at `level`; waitress's queue warnings summarised."""
+    """Plain text lines on stderr at `level`; floods of warnings summarised."""
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    queue_logger = logging.getLogger(QUEUE_LOGGER)
-    if not any(isinstance(f, QueueDepthSummary) for f in queue_logger.filters):
-        queue_logger.addFilter(QueueDepthSummary())
+    for name in SUMMARISED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatSummary) for f in logger.filters):
+            logger.addFilter(RepeatSummary())

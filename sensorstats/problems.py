@@ -10,10 +10,12 @@ from typing import Any
 import falcon
 
 from sensorstats.errors import InvalidBatch, InvalidSensorId, PayloadTooLarge, StoreUnavailable
+from sensorstats.logs import UNAVAILABLE_LOGGER
 
 PROBLEM_JSON = "application/problem+json"
 
 _log = logging.getLogger(__name__)
+_unavailable_log = logging.getLogger(UNAVAILABLE_LOGGER)
 
 
 class Problem(falcon.HTTPError):
@@ -97,7 +99,7 @@ def _invalid_sensor_id(
 def _store_unavailable(
     req: falcon.Request, resp: falcon.Response, error: StoreUnavailable, params: Any
 ) -> None:
-    _log.warning("%s %s: store unavailable: %s", req.method, req.path, error.detail)
+    _unavailable_log.warning("%s %s: store unavailable: %s", req.method, req.path, error.detail)
     raise Problem(
         falcon.HTTP_503,
         type_uri="urn:sensorstats:problem:store-unavailable",

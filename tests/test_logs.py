@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from sensorstats.logs import QUEUE_LOGGER, QueueDepthSummary, configure_logging
+from sensorstats.logs import (
+    QUEUE_LOGGER,
+    SUMMARISED_LOGGERS,
+    UNAVAILABLE_LOGGER,
+    RepeatSummary,
+    configure_logging,
+)
 
 
 class Clock:
@@ -46,7 +52,7 @@ def queue(clock, lines) -> logging.Logger:
     """A logger with the summary filter, outside logging's registry."""
     logger = logging.Logger("tests.waitress.queue")
     logger.addHandler(lines)
-    logger.addFilter(QueueDepthSummary(interval=10.0, clock=clock))
+    logger.addFilter(RepeatSummary(interval=10.0, clock=clock))
     return logger
 
 
@@ -110,8 +116,9 @@ def test_a_quiet_spell_lets_the_next_warning_through(queue, lines, clock):
 def restored_logging() -> Iterator[None]:
     """Put back what `configure_logging` changes globally."""
     root = logging.getLogger()
-    queue_logger = logging.getLogger(QUEUE_LOGGER)
-    handlers, level, filters = root.handlers[:], root.level, queue_logger.filters[:]
+    summarised = [logging.getLogger(name) for name in SUMMARISED_LOGGERS]
+    handlers, level = root.handlers[:], root.level
+    filters = [logger.filters[:] for logger in summarised]
     yield
     for handler in root.handlers[:]:
         if handler not in handlers:
@@ -121,20 +128,22 @@ def restored_logging() -> Iterator[None]:
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(level)
-    queue_logger.filters[:] = filters
+    for logger, kept in zip(summarised, filters, strict=True):
+        logger.filters[:] = kept
 
 
 @pytest.mark.usefixtures("restored_logging")
-def test_configure_logging_sets_the_level_and_summarises_waitress_once(lines):
+@pytest.mark.parametrize("name", [QUEUE_LOGGER, UNAVAILABLE_LOGGER])
+def test_configure_logging_sets_the_level_and_summarises_floods_once(lines, name):
     configure_logging("WARNING")
     configure_logging("DEBUG")
     assert logging.getLogger().level == logging.DEBUG
-    queue_logger = logging.getLogger(QUEUE_LOGGER)
-    assert sum(isinstance(f, QueueDepthSummary) for f in queue_logger.filters) == 1
-    queue_logger.addHandler(lines)
+    flooded = logging.getLogger(name)
+    assert sum(isinstance(f, RepeatSummary) for f in flooded.filters) == 1
+    flooded.addHandler(lines)
     try:
-        warn(queue_logger, 1)
-        warn(queue_logger, 2)
+        warn(flooded, 1)
+        warn(flooded, 2)
     finally:
-        queue_logger.removeHandler(lines)
+        flooded.removeHandler(lines)
     assert lines.lines == ["Task queue depth is 1"]
