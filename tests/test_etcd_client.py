@@ -12,7 +12,8 @@ import pytest
 from sensorstats.errors import StoreUnavailable
 from sensorstats.settings import EtcdEndpoint
 from sensorstats.store.etcd_client import EtcdClient, EtcdFailure, _status, describe_failure
-from tests.etcd_process import EtcdProcess, free_ports
+from tests.etcd_process import EtcdProcess
+from tests.ports import free_ports
 
 Code = grpc.StatusCode
 
