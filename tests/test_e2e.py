@@ -224,7 +224,7 @@ def _refuses_connections(port: int) -> bool:
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
     body = json.dumps([{**SAMPLE[0], "sensor": "drain"}]).encode()
     with start_service(
-        args=["--drain-delay", "1", "--shutdown-timeout", "20"], log_dir=tmp_path
+        args=["--drain-delay", "3", "--shutdown-timeout", "20"], log_dir=tmp_path
     ) as svc:
         in_flight = _send_half_a_post(svc.port, body)
         svc.terminate()
