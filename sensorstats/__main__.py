@@ -17,7 +17,7 @@ _log = logging.getLogger("sensorstats")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the service; the exit status is 0 after a drain, 2 for bad settings."""
+    """Run the service: exit status 0 after a drain, 1 if it cannot listen, 2 for bad settings."""
     try:
         settings = load_settings(argv)
     except SettingsError as error:
