@@ -118,6 +118,10 @@ class BenchTimeout(Exception):
     """The overall time limit ran out."""
 
 
+class ReadBackFailed(Exception):
+    """The service did not answer a read the bench checks its counts with."""
+
+
 def log(message: str) -> None:
     print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
 
@@ -282,9 +286,12 @@ def post_one(port: int, sensor: str) -> None:
 
 def sensor_count(port: int, sensor: str) -> int:
     """`count` of a sensor (ids here need no percent-encoding)."""
-    status, body = send(port, "GET", f"/statistics/{sensor}")
+    try:
+        status, body = send(port, "GET", f"/statistics/{sensor}")
+    except HTTP_FAILURES as error:
+        raise ReadBackFailed(f"GET /statistics/{sensor} on :{port}: {error!r}") from None
     if status != 200:
-        raise BenchFailed(f"GET /statistics/{sensor} on :{port} answered {status}: {body[:200]!r}")
+        raise ReadBackFailed(f"GET /statistics/{sensor} on :{port}: {status} {body[:200]!r}")
     return int(json.loads(body)["count"])
 
 
@@ -343,8 +350,8 @@ def etcd_healthy(port: int) -> bool:
     return status == 200 and b'"health":"true"' in body
 
 
-def start_etcd(processes: Processes, no_fsync: bool) -> str:
-    """One single-member etcd; returns its client URL."""
+def start_etcd(processes: Processes, no_fsync: bool) -> tuple[str, Process]:
+    """One single-member etcd: its client URL and its process."""
     client_port, peer_port = free_ports(2)
     client_url = f"http://127.0.0.1:{client_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
@@ -365,7 +372,7 @@ def start_etcd(processes: Processes, no_fsync: bool) -> str:
     wait_until(lambda: etcd_healthy(client_port) or not process.running(), START_TIMEOUT, "etcd")
     if not process.running():
         raise SetupFailed(f"etcd exited:\n{process.log_tail()}")
-    return client_url
+    return client_url, process
 
 
 @dataclass
@@ -590,6 +597,14 @@ def new_prefix(tag: str) -> str:
     return f"b{secrets.token_hex(4)}-{tag}"
 
 
+def read_back(check: Callable[[], str]) -> str:
+    """The verdict of `check`, or MISMATCH when the service does not answer it."""
+    try:
+        return check()
+    except ReadBackFailed as error:
+        return f"MISMATCH: cannot read back: {error}"
+
+
 def check_count(port: int, sensor: str, per_request: int, result: WrkResult) -> str:
     """Whether `sensor` counts exactly the measurements acknowledged.
 
@@ -628,15 +643,25 @@ def check_distinct(port: int, prefixes: Sequence[str], result: WrkResult) -> str
 
 @dataclass
 class Bench:
-    """The topology and every run made on it."""
+    """The topology, and the runs made on it."""
 
     wrk: Wrk
+    etcd_process: Process
     floor: Server
     memory: Server
     etcd: Server
     etcd_second: Server
     duration: float
-    runs: list[Run] = field(default_factory=list)
+    results: Results
+
+    def ensure_running(self) -> None:
+        """A server that died leaves nothing to measure: stop with its log."""
+        for process in (self.etcd_process, *(s.process for s in self.servers())):
+            if not process.running():
+                raise BenchFailed(f"{process.name} exited during the bench:\n{process.log_tail()}")
+
+    def servers(self) -> list[Server]:
+        return [self.floor, self.memory, self.etcd, self.etcd_second]
 
     def ports(self, target: str) -> list[int]:
         servers = {
@@ -649,6 +674,7 @@ class Bench:
 
     def run(self, scenario: Scenario, target: str, round_number: int) -> Run:
         """Drive `scenario` on `target`; a pair gets half the connections on each port."""
+        self.ensure_running()
         ports = self.ports(target)
         prefix = new_prefix(scenario.mode)
         # The hot sensor is shared by a pair; fresh sensors must not be.
@@ -666,11 +692,13 @@ class Bench:
         if target != FLOOR:
             if scenario.checked_per_request:
                 sensor = f"{prefixes[0]}-{scenario.checked_suffix}"
-                check = check_count(ports[0], sensor, scenario.checked_per_request, result)
+                check = read_back(
+                    lambda: check_count(ports[0], sensor, scenario.checked_per_request, result)
+                )
             elif scenario is POST1_DISTINCT:
-                check = check_distinct(ports[0], prefixes, result)
+                check = read_back(lambda: check_distinct(ports[0], prefixes, result))
         run = Run(scenario.name, target, round_number, result, scenario.measurements, check)
-        self.runs.append(run)
+        self.results.runs.append(run)
         log(
             f"round {round_number} {scenario.name:<14} {target:<7} "
             f"{result.requests_per_second:8.0f} req/s  p99 {result.percentile_ms(99):7.1f} ms  "
@@ -680,6 +708,7 @@ class Bench:
 
     def contention(self) -> Run:
         """16 clients on one sensor through both etcd instances."""
+        self.ensure_running()
         ports = self.ports(ETCD_PAIR)
         prefix = new_prefix("contention")
         results = self.wrk.run(
@@ -689,9 +718,9 @@ class Bench:
             CONNECTIONS // len(ports),
         )
         result = WrkResult.merge(results)
-        check = check_count(ports[0], f"{prefix}-hot", 1, result)
+        check = read_back(lambda: check_count(ports[0], f"{prefix}-hot", 1, result))
         run = Run(CONTENTION, ETCD_PAIR, 1, result, 1, check)
-        self.runs.append(run)
+        self.results.runs.append(run)
         log(
             f"contention: {result.answered} answers, {dict(result.statuses)}, "
             f"p99 {result.percentile_ms(99):.1f} ms, {check}"
@@ -777,6 +806,15 @@ def post_batches(port: int, bodies: Sequence[bytes]) -> Counter[str]:
     return failures
 
 
+def check_footprint(port: int, prefix: str) -> str:
+    """The first and the last sensor count what was posted to them."""
+    per_sensor = FOOTPRINT_BATCHES * FOOTPRINT_BATCH_SIZE // FOOTPRINT_SENSORS
+    counts = {sensor_count(port, f"{prefix}-{n}") for n in (0, FOOTPRINT_SENSORS - 1)}
+    if counts == {per_sensor}:
+        return f"OK: sensors count {per_sensor}"
+    return f"MISMATCH: first and last sensor count {sorted(counts)}, expected {per_sensor}"
+
+
 def measure_footprint(server: Server, rss_at_ready: float) -> Footprint:
     prefix = new_prefix("fp")
     bodies = footprint_bodies(prefix)
@@ -784,18 +822,22 @@ def measure_footprint(server: Server, rss_at_ready: float) -> Footprint:
     failures = post_batches(server.port, bodies)
     seconds = time.monotonic() - started
     rss = rss_mb(server.process.pid)
-    per_sensor = FOOTPRINT_BATCHES * FOOTPRINT_BATCH_SIZE // FOOTPRINT_SENSORS
-    counts = {sensor_count(server.port, f"{prefix}-{n}") for n in (0, FOOTPRINT_SENSORS - 1)}
-    if counts == {per_sensor}:
-        check = f"OK: sensors count {per_sensor}"
-    else:
-        check = f"MISMATCH: first and last sensor count {sorted(counts)}, expected {per_sensor}"
+    check = read_back(lambda: check_footprint(server.port, prefix))
     log(
         f"footprint {server.name}: {FOOTPRINT_BATCHES * FOOTPRINT_BATCH_SIZE:,} measurements "
         f"in {seconds:.1f} s, VmRSS {rss:.1f} MB ({rss_at_ready:.1f} MB at ready), "
         f"failures {dict(failures)}, {check}"
     )
     return Footprint(server.name, rss_at_ready, rss, seconds, failures, check)
+
+
+@dataclass
+class Results:
+    """Everything measured so far; reported even when a later part fails."""
+
+    runs: list[Run] = field(default_factory=list)
+    footprints: list[Footprint] = field(default_factory=list)
+    ready: list[Server] = field(default_factory=list)
 
 
 # --- the report -------------------------------------------------------------------------
@@ -934,106 +976,124 @@ class Goal:
     measured: str
 
 
-def goals(
-    runs: Sequence[Run], footprints: Sequence[Footprint], ready: Sequence[Server]
-) -> list[Goal]:
-    """The goals of issue 7, each with what this run measured."""
-    found: list[Goal] = []
+def ratio_goal(text: str, values: Sequence[float], at_least: float) -> Goal:
+    if not values:
+        return Goal(text, None, "not run")
+    value = median(values)
+    return Goal(text, value >= at_least, f"{value:.2f}")
 
-    def ratio_goal(text: str, values: list[float], at_least: float) -> None:
-        if values:
-            value = median(values)
-            found.append(Goal(text, value >= at_least, f"{value:.2f}"))
-        else:
-            found.append(Goal(text, None, "not run"))
 
-    for scenario in SINGLE_SCENARIOS:
+def count_goal(text: str, passed: bool, measured: str, measured_anything: bool) -> Goal:
+    return Goal(text, passed, measured) if measured_anything else Goal(text, None, "not run")
+
+
+def throughput_goals(runs: Sequence[Run]) -> list[Goal]:
+    found = [
         ratio_goal(
             f"{scenario.name} on etcd >= {FLOOR_RATIO_GOAL} x floor",
             ratios(runs, scenario.name, ETCD, (scenario.name, FLOOR)),
             FLOOR_RATIO_GOAL,
         )
-    ratio_goal(
-        f"post1-hot >= {HOT_RATIO_GOAL} x post1-distinct on etcd",
-        ratios(runs, POST1_HOT.name, ETCD, (POST1_DISTINCT.name, ETCD)),
-        HOT_RATIO_GOAL,
-    )
-    service_runs = [r for r in runs if r.target != FLOOR]
-    etcd_runs = [r for r in service_runs if r.target in (ETCD, ETCD_PAIR)]
-    non_2xx = sum(r.result.non_2xx for r in etcd_runs)
+        for scenario in SINGLE_SCENARIOS
+    ]
     found.append(
-        Goal("zero non-2xx on etcd", non_2xx == 0, f"{non_2xx}")
-        if etcd_runs
-        else Goal("zero non-2xx on etcd", None, "not run")
-    )
-    hot_checks = [r.check for r in service_runs if r.scenario == POST1_HOT.name]
-    bad = [c for c in hot_checks if not c.startswith("OK")]
-    found.append(
-        Goal(
-            "hot sensor's count = requests acknowledged",
-            not bad if hot_checks else None,
-            f"{len(hot_checks) - len(bad)} of {len(hot_checks)} runs exact",
+        ratio_goal(
+            f"post1-hot >= {HOT_RATIO_GOAL} x post1-distinct on etcd",
+            ratios(runs, POST1_HOT.name, ETCD, (POST1_DISTINCT.name, ETCD)),
+            HOT_RATIO_GOAL,
         )
     )
-    post_runs = [r for r in service_runs if r.scenario != GET.name and r.measurements]
-    closing = sum(r.result.closes for r in post_runs)
     found.append(
-        Goal(
-            "a 204 keeps the connection alive",
-            closing == 0 if post_runs else None,
-            f"{closing} of {sum(r.result.answered for r in post_runs)} answers closed it",
+        ratio_goal(
+            f"post1000 on memory >= {MEMORY_POST1000_GOAL} x floor",
+            ratios(runs, POST1000.name, MEMORY, (POST1000.name, FLOOR)),
+            MEMORY_POST1000_GOAL,
         )
     )
-    ratio_goal(
-        f"post1000 on memory >= {MEMORY_POST1000_GOAL} x floor",
-        ratios(runs, POST1000.name, MEMORY, (POST1000.name, FLOOR)),
-        MEMORY_POST1000_GOAL,
-    )
-    for scenario in TWO_INSTANCE_SCENARIOS:
+    found += [
         ratio_goal(
             f"{scenario.name}: two instances on one etcd >= one",
             ratios(runs, scenario.name, ETCD_PAIR, (scenario.name, ETCD)),
             1.0,
         )
-    contention = cell_runs(runs, CONTENTION, ETCD_PAIR)
-    if contention:
-        result, check = contention[0].result, contention[0].check
-        found.append(
-            Goal("contention: no 503", result.statuses[503] == 0, str(result.statuses[503]))
-        )
-        p99 = result.percentile_ms(99)
-        found.append(
-            Goal(
-                f"contention: p99 < {CONTENTION_P99_GOAL_MS:.0f} ms",
-                p99 < CONTENTION_P99_GOAL_MS,
-                f"{p99:.1f} ms",
-            )
-        )
-        found.append(Goal("contention: exact count", check.startswith("OK"), check))
-    else:
-        found += [
-            Goal(f"contention: {what}", None, "not run")
-            for what in ("no 503", "p99 < 1 s", "exact count")
-        ]
-    for footprint in footprints:
-        found.append(
-            Goal(
-                f"RSS <= {RSS_GOAL_MB:.0f} MB after 1 M measurements ({footprint.target})",
-                footprint.rss_mb <= RSS_GOAL_MB,
-                f"{footprint.rss_mb:.1f} MB",
-            )
-        )
-    if not footprints:
-        found.append(Goal(f"RSS <= {RSS_GOAL_MB:.0f} MB after 1 M measurements", None, "not run"))
-    for server in ready:
-        found.append(
-            Goal(
-                f"ready within {READY_GOAL_SECONDS:.0f} s of start ({server.name})",
-                server.ready_seconds <= READY_GOAL_SECONDS,
-                f"{server.ready_seconds:.3f} s",
-            )
-        )
+        for scenario in TWO_INSTANCE_SCENARIOS
+    ]
     return found
+
+
+def answer_goals(runs: Sequence[Run]) -> list[Goal]:
+    """Every answer a 2xx, every hot count exact, every 204 on a kept connection."""
+    service_runs = [r for r in runs if r.target != FLOOR]
+    etcd_runs = [r for r in service_runs if r.target in (ETCD, ETCD_PAIR)]
+    non_2xx = sum(r.result.non_2xx for r in etcd_runs)
+    socket_errors = sum(sum(r.result.socket_errors.values()) for r in etcd_runs)
+    hot_checks = [r.check for r in service_runs if r.scenario == POST1_HOT.name]
+    exact = sum(c.startswith("OK") for c in hot_checks)
+    posts = [r for r in service_runs if r.scenario != GET.name]
+    closing = sum(r.result.closes for r in posts)
+    return [
+        count_goal(
+            "zero non-2xx (and socket errors) on etcd",
+            non_2xx == socket_errors == 0,
+            f"{non_2xx} non-2xx, {socket_errors} socket errors",
+            bool(etcd_runs),
+        ),
+        count_goal(
+            "hot sensor's count = requests acknowledged",
+            exact == len(hot_checks),
+            f"{exact} of {len(hot_checks)} runs exact",
+            bool(hot_checks),
+        ),
+        count_goal(
+            "a 204 keeps the connection alive",
+            closing == 0,
+            f"{closing} of {sum(r.result.answered for r in posts)} answers to POSTs closed it",
+            bool(posts),
+        ),
+    ]
+
+
+def contention_goals(runs: Sequence[Run]) -> list[Goal]:
+    texts = ("contention: no 503", "contention: p99 < 1 s", "contention: exact count")
+    contention = cell_runs(runs, CONTENTION, ETCD_PAIR)
+    if not contention:
+        return [Goal(text, None, "not run") for text in texts]
+    result, check = contention[0].result, contention[0].check
+    p99 = result.percentile_ms(99)
+    return [
+        Goal(texts[0], result.statuses[503] == 0, f"{result.statuses[503]} x 503"),
+        Goal(texts[1], p99 < CONTENTION_P99_GOAL_MS, f"{p99:.1f} ms"),
+        Goal(texts[2], check.startswith("OK"), check),
+    ]
+
+
+def resource_goals(footprints: Sequence[Footprint], ready: Sequence[Server]) -> list[Goal]:
+    rss_text = f"RSS <= {RSS_GOAL_MB:.0f} MB after 1 M measurements over 10 k sensors"
+    found = [
+        Goal(f"{rss_text} ({f.target})", f.rss_mb <= RSS_GOAL_MB, f"{f.rss_mb:.1f} MB")
+        for f in footprints
+    ] or [Goal(rss_text, None, "not run")]
+    found += [
+        Goal(
+            f"ready within {READY_GOAL_SECONDS:.0f} s of start ({server.name})",
+            server.ready_seconds <= READY_GOAL_SECONDS,
+            f"{server.ready_seconds:.3f} s",
+        )
+        for server in ready
+    ]
+    return found
+
+
+def goals(
+    runs: Sequence[Run], footprints: Sequence[Footprint], ready: Sequence[Server]
+) -> list[Goal]:
+    """The goals of issue 7, each with what this run measured."""
+    return [
+        *throughput_goals(runs),
+        *answer_goals(runs),
+        *contention_goals(runs),
+        *resource_goals(footprints, ready),
+    ]
 
 
 def render_goals(found: Sequence[Goal]) -> str:
@@ -1054,6 +1114,9 @@ class Options:
 
     def wants(self, name: str) -> bool:
         return name in self.only
+
+    def etcd_mode(self) -> str:
+        return "without fsync" if self.etcd_unsafe_no_fsync else "with fsync"
 
     def time_limit(self) -> int:
         """Seconds the whole bench may take: twice the plan, plus start-up and stops."""
@@ -1103,11 +1166,10 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_bench(processes: Processes, wrk_binary: str, options: Options) -> str:
-    """Start everything, run what `options` asks for, return the report."""
-    etcd_url = start_etcd(processes, options.etcd_unsafe_no_fsync)
-    fsync = "without fsync" if options.etcd_unsafe_no_fsync else "with fsync"
-    log(f"etcd {etcd_url} ({fsync})")
+def run_bench(processes: Processes, wrk_binary: str, options: Options, results: Results) -> None:
+    """Start everything, then run what `options` asks for into `results`."""
+    etcd_url, etcd_process = start_etcd(processes, options.etcd_unsafe_no_fsync)
+    log(f"etcd {etcd_url} ({options.etcd_mode()})")
     floor = start_floor(processes)
     log(f"floor ready on :{floor.port}")
     memory = start_instance(processes, MEMORY, None)
@@ -1115,11 +1177,21 @@ def run_bench(processes: Processes, wrk_binary: str, options: Options) -> str:
     etcd = start_instance(processes, ETCD, etcd_url)
     etcd_rss = rss_mb(etcd.process.pid)
     etcd_second = start_instance(processes, "etcd-2", etcd_url)
-    bench = Bench(Wrk(wrk_binary, processes), floor, memory, etcd, etcd_second, options.duration)
+    results.ready += [memory, etcd, etcd_second]
+    bench = Bench(
+        Wrk(wrk_binary, processes),
+        etcd_process,
+        floor,
+        memory,
+        etcd,
+        etcd_second,
+        options.duration,
+        results,
+    )
 
-    footprints = []
     if options.wants(FOOTPRINT):
-        footprints = [measure_footprint(memory, memory_rss), measure_footprint(etcd, etcd_rss)]
+        results.footprints.append(measure_footprint(memory, memory_rss))
+        results.footprints.append(measure_footprint(etcd, etcd_rss))
     for round_number in range(1, options.rounds + 1):
         for scenario in SINGLE_SCENARIOS:
             if options.wants(scenario.name):
@@ -1131,18 +1203,19 @@ def run_bench(processes: Processes, wrk_binary: str, options: Options) -> str:
     if options.wants(CONTENTION):
         bench.contention()
 
-    ready = [memory, etcd, etcd_second]
+
+def render_report(options: Options, results: Results) -> str:
     settings = (
         f"wrk 1 thread, {CONNECTIONS} connections, {options.duration:g} s per run, "
         f"{options.rounds} round(s), median per cell; {THREADS} threads per server; "
-        f"etcd {fsync}"
+        f"etcd {options.etcd_mode()}"
     )
     return "\n\n".join(
         [
             settings,
-            render_table(bench.runs, footprints, ready),
-            render_problems(bench.runs, footprints),
-            render_goals(goals(bench.runs, footprints, ready)),
+            render_table(results.runs, results.footprints, results.ready),
+            render_problems(results.runs, results.footprints),
+            render_goals(goals(results.runs, results.footprints, results.ready)),
         ]
     )
 
@@ -1157,12 +1230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     directory = Path(tempfile.mkdtemp(prefix="sensorstats-bench-"))
     processes = Processes(directory)
+    results = Results()
     status = 2
-    report = ""
     try:
         wrk_binary = ensure_wrk()
         with time_limit(options.time_limit()):
-            report = run_bench(processes, wrk_binary, options)
+            run_bench(processes, wrk_binary, options, results)
         status = 0
     except SetupFailed as problem:
         log(f"SETUP FAILED: {problem}")
@@ -1180,10 +1253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         processes.stop_all()
+    log("every process stopped")
+    if results.ready:
+        partial = "" if status == 0 else "PARTIAL RESULTS, the bench did not finish\n\n"
+        print(f"\n{partial}{render_report(options, results)}", flush=True)
     if status == 0:
         shutil.rmtree(directory, ignore_errors=True)
-        log("every process stopped")
-        print(f"\n{report}", flush=True)
     else:
         for process in processes.started:
             if not process.name.startswith("wrk-"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SystemExit unwinds waitress's loop; the process exits 0 on either signal.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Waitress warns once per request queued behind busy threads; the service
+    # summarises those warnings, so writing each one would handicap the floor.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     waitress.serve(
         create_app(),
         host="127.0.0.1",
