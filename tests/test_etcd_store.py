@@ -16,8 +16,9 @@ import pytest
 from sensorstats.errors import StoreUnavailable
 from sensorstats.settings import EtcdEndpoint
 from sensorstats.stats import EMPTY, Stats, Timestamp
-from sensorstats.store.etcd import EtcdStore, _Update, split_batch
+from sensorstats.store.etcd import EtcdStore
 from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
+from sensorstats.store.etcd_txn import Update, split_batch
 from tests.etcd_process import EtcdProcess, etcd_settings, start_cluster, start_etcd
 
 # Fails in CI, skips locally, when the etcd binary is missing.
@@ -158,14 +159,14 @@ def test_a_record_this_version_cannot_read_is_unavailable_not_a_crash(
 
 
 def test_batches_are_cut_at_the_operation_limit_in_key_order() -> None:
-    updates = [_Update(f"/k/{i:03d}", measured(i)) for i in range(300)]
+    updates = [Update(f"/k/{i:03d}", measured(i)) for i in range(300)]
     chunks = split_batch(updates, max_sensors=127)
     assert [len(c) for c in chunks] == [127, 127, 46]
     assert [u for c in chunks for u in c] == updates
 
 
 def test_batches_are_cut_before_etcd_request_size_limit() -> None:
-    updates = [_Update("/k/" + "%E6" * 20_000 + str(i), measured(i)) for i in range(40)]
+    updates = [Update("/k/" + "%E6" * 20_000 + str(i), measured(i)) for i in range(40)]
     chunks = split_batch(updates, max_sensors=127, max_bytes=1 << 20)
     assert len(chunks) > 1
     assert all(sum(3 * len(u.key) + 1024 for u in c) <= 1 << 20 for c in chunks)

@@ -1,0 +1,146 @@
+"""Building etcd transactions and reading their answers; no I/O here.
+
+A write transaction carries one or more request markers and the merged
+records of every sensor they touch: *if* each sensor key still has the
+mod-revision last seen (0 for a key believed absent) *and* no marker exists,
+*then* put the records and the markers, *else* read every one of those keys.
+A lost race therefore costs one round trip, which also brings the current
+values for the next attempt, and tells which markers exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import etcd3.etcdrpc as rpc
+
+from sensorstats.errors import StoreUnavailable
+from sensorstats.stats import EMPTY, Stats
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+MAX_TXN_BYTES = 1 << 20  # below etcd's default --max-request-bytes (1.5 MiB)
+RECORD_BYTES = 1024  # an upper bound of one encoded record plus framing
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A sensor record as last seen: its mod-revision (0: absent) and value."""
+
+    revision: int
+    stats: Stats
+
+
+ABSENT = Seen(0, EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One sensor's delta, addressed by its etcd key."""
+
+    key: str
+    delta: Stats
+
+
+def key_cost(key: str) -> int:
+    """Bytes a sensor key adds to a write transaction, record included, at most."""
+    # The key travels three times: in the compare, the put and the read.
+    return 3 * len(key.encode()) + RECORD_BYTES
+
+
+def marker_cost(marker: str) -> int:
+    """Bytes a request marker adds to a write transaction, at most."""
+    return 3 * len(marker.encode()) + 32
+
+
+def split_batch(
+    updates: Sequence[Update], max_sensors: int, max_bytes: int = MAX_TXN_BYTES
+) -> list[list[Update]]:
+    """Consecutive runs of `updates` that each fit one transaction."""
+    chunks: list[list[Update]] = []
+    size = 0
+    for update in updates:
+        cost = key_cost(update.key)
+        if not chunks or len(chunks[-1]) >= max_sensors or size + cost > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(update)
+        size += cost
+    return chunks
+
+
+def write_txn(
+    seen: Mapping[str, Seen], merged: Mapping[str, Stats], markers: Sequence[str], lease: int
+) -> Any:
+    """The compare-and-swap transaction described in the module docstring.
+
+    `merged` holds the record to put for every key of `seen`, in the same order.
+    """
+    compare = [
+        rpc.Compare(
+            key=key.encode(),
+            target=rpc.Compare.MOD,
+            result=rpc.Compare.EQUAL,
+            mod_revision=record.revision,
+        )
+        for key, record in seen.items()
+    ]
+    compare += [
+        rpc.Compare(key=m.encode(), target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0)
+        for m in markers
+    ]
+    success = [
+        rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=merged[key].encode()))
+        for key in seen
+    ]
+    success += [
+        rpc.RequestOp(request_put=rpc.PutRequest(key=m.encode(), value=b"", lease=lease))
+        for m in markers
+    ]
+    failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode())) for key in seen]
+    failure += [
+        rpc.RequestOp(request_range=rpc.RangeRequest(key=m.encode(), count_only=True))
+        for m in markers
+    ]
+    return rpc.TxnRequest(compare=compare, success=success, failure=failure)
+
+
+def read_failure_branch(
+    keys: Sequence[str], markers: Sequence[str], response: Any
+) -> tuple[dict[str, Seen], set[str]]:
+    """The current records of `keys` and the markers that exist, from a refused write."""
+    ranges = [op.response_range for op in response.responses]
+    current = {key: seen_of(found.kvs) for key, found in zip(keys, ranges, strict=False)}
+    found = {m for m, answer in zip(markers, ranges[len(keys) :], strict=True) if answer.count}
+    return current, found
+
+
+def read_txn(keys: Iterable[str]) -> Any:
+    """A read-only transaction of one range per key: one linearizable read of them all."""
+    return rpc.TxnRequest(
+        success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in keys]
+    )
+
+
+def read_answer(keys: Sequence[str], response: Any) -> dict[str, Seen]:
+    """The records a `read_txn(keys)` found."""
+    return {
+        key: seen_of(op.response_range.kvs)
+        for key, op in zip(keys, response.responses, strict=True)
+    }
+
+
+def seen_of(kvs: Sequence[Any]) -> Seen:
+    """The `Seen` of a range answer for one key: `ABSENT` when there is none."""
+    if not kvs:
+        return ABSENT
+    kv = kvs[0]
+    try:
+        return Seen(kv.mod_revision, Stats.decode(kv.value))
+    except ValueError as error:
+        raise StoreUnavailable(
+            f"etcd key {kv.key.decode(errors='replace')!r} holds a record this "
+            f"version cannot read: {error}",
+            retry_after=5,
+        ) from None

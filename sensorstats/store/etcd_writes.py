@@ -1,0 +1,205 @@
+"""Committing one batch of writes to etcd: retries, lost answers, honest outcomes.
+
+A batch (see `combining`) is committed as one transaction (`etcd_txn`): the
+merged deltas of all its writes, and each write's own request marker.
+
+Retries: a refused compare retries at once with the values the refusal read;
+from the second failed attempt on, the batch sleeps a random time in
+``[0, min(BACKOFF_CAP, BACKOFF_BASE * 2**n))`` (capped exponential backoff,
+full jitter) and then reads the sensors afresh, so that a retry never
+compares against values older than its back-off (which another writer
+would almost surely have moved on during the sleep). Nothing is sent past
+the batch's deadline, the earliest of its writes', and no attempt is sent
+with less than `MIN_ATTEMPT_SECONDS` left.
+
+Lost answers: a timeout or UNAVAILABLE may hide a commit. Every attempt
+requires the markers to be absent and writes them when it commits, so after a
+lost answer the next attempt either commits (the lost one did not) or finds
+the markers (it did) and stops; at most one attempt of a write ever commits.
+Once an answer was lost, the outcome stays unknown until an attempt commits or
+finds the markers: a later refused compare does not prove the lost attempt
+cannot still commit (it may sit in a member's queue and commit once a DELETE
+makes a compared key absent again). A write whose marker is found is
+reported applied, whichever attempt wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+
+from sensorstats.errors import StoreUnavailable
+from sensorstats.stats import EMPTY, Stats
+from sensorstats.store.combining import MIN_ATTEMPT_SECONDS, PendingWrite
+from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
+from sensorstats.store.etcd_memory import MarkerLease, SeenCache
+from sensorstats.store.etcd_txn import Seen, read_answer, read_failure_branch, read_txn, write_txn
+
+BACKOFF_BASE = 0.01
+BACKOFF_CAP = 0.25
+# A marker lease is used for this long, then replaced by a fresh one. Each
+# lease lives this long plus the write deadline plus a margin, so a marker
+# outlives every attempt that may look for it.
+MARKER_LEASE_ROTATION = 30.0
+MARKER_LEASE_MARGIN = 30.0
+
+CONTENTION = (
+    "etcd kept refusing the update because other writers changed the same sensors (contention)"
+)
+
+
+class BatchCommitter:
+    """Runs a batch of `PendingWrite`s as compare-and-swap transactions until decided."""
+
+    def __init__(
+        self, client: EtcdClient, cache: SeenCache, *, call_timeout: float, write_timeout: float
+    ) -> None:
+        self.client = client
+        self.cache = cache
+        self.call_timeout = call_timeout
+        self.write_timeout = write_timeout
+        ttl = math.ceil(MARKER_LEASE_ROTATION + write_timeout + MARKER_LEASE_MARGIN)
+        self.lease = MarkerLease(client, ttl, MARKER_LEASE_ROTATION)
+
+    def __call__(self, batch: list[PendingWrite]) -> None:
+        """Decide every write of `batch`: `succeed()` or `fail(...)` each one."""
+        _Attempts(self, batch).run()
+
+
+class _Attempts:
+    """The state of committing one batch: what is pending, seen, and known."""
+
+    def __init__(self, committer: BatchCommitter, batch: list[PendingWrite]) -> None:
+        self.c = committer
+        self.pending = list(batch)
+        self.deadline = min(write.deadline for write in batch)
+        keys = sorted({key for write in batch for key in write.keys})
+        self.seen = {key: committer.cache.get(key) for key in keys}
+        self.outcome_unknown = False
+        self.last_failure: StoreUnavailable | None = None
+        self.failures = 0
+
+    def run(self) -> None:
+        while self.pending:
+            timeout = self._timeout()
+            if timeout < MIN_ATTEMPT_SECONDS:
+                self._fail_all(self._deadline_passed())
+                return
+            if not self._attempt(timeout):
+                return
+            self.failures += 1
+            if self.failures >= 2:
+                self._back_off()
+
+    def _attempt(self, timeout: float) -> bool:
+        """One transaction; False once every write is decided."""
+        lease: int | None = None
+        markers = [write.marker for write in self.pending]
+        merged = self._merged()
+        try:
+            lease = self.c.lease.current(timeout)
+            request = write_txn(self.seen, merged, markers, lease)
+            timeout = self._timeout()
+            if timeout < MIN_ATTEMPT_SECONDS:  # the lease grant took the time
+                self._fail_all(self._deadline_passed())
+                return False
+            response = self.c.client.txn(request, timeout)
+        except EtcdFailure as failure:
+            return self._failed(failure, lease)
+        if response.succeeded:
+            revision = response.header.revision
+            self.c.cache.update((key, Seen(revision, merged[key])) for key in self.seen)
+            self._succeed(self.pending)
+            return False
+        keys = list(self.seen)
+        current, found = read_failure_branch(keys, markers, response)
+        self.c.cache.update(current.items())
+        applied = [write for write in self.pending if write.marker in found]
+        if applied:  # an attempt whose answer was lost did commit these
+            self._succeed(applied)
+            if not self.pending:
+                return False
+        self.seen = {key: current[key] for key in self._keys()}
+        self.last_failure = StoreUnavailable(CONTENTION)
+        return True
+
+    def _failed(self, failure: EtcdFailure, lease: int | None) -> bool:
+        """Take in a failed call; False once every write is decided."""
+        # Only a transaction that was sent can have committed; a failed
+        # lease grant (no lease yet) leaves nothing in doubt.
+        sent = lease is not None
+        self.outcome_unknown = self.outcome_unknown or (sent and failure.outcome_unknown)
+        self.last_failure = failure
+        if failure.lease_missing and lease is not None:
+            self.c.lease.forget(lease)
+            return True
+        if not failure.transient:
+            if self.outcome_unknown:
+                failure = EtcdFailure(
+                    f"{failure.detail}; an earlier attempt's outcome is unknown",
+                    retry_after=failure.retry_after,
+                )
+            self._fail_all(failure)
+            return False
+        return True
+
+    def _merged(self) -> dict[str, Stats]:
+        """Each key's record as seen, merged with the deltas of every pending write."""
+        merged = {key: seen.stats for key, seen in self.seen.items()}
+        for write in self.pending:
+            for update in write.updates:
+                merged[update.key] = merged.get(update.key, EMPTY).merge(update.delta)
+        return merged
+
+    def _keys(self) -> list[str]:
+        return sorted({key for write in self.pending for key in write.keys})
+
+    def _succeed(self, writes: Sequence[PendingWrite]) -> None:
+        for write in writes:
+            write.succeed()
+        self.pending = [write for write in self.pending if not write.done]
+
+    def _fail_all(self, error: StoreUnavailable) -> None:
+        for write in self.pending:
+            write.fail(error)
+        self.pending = []
+
+    def _timeout(self) -> float:
+        """One call's timeout: the configured one, cut to what is left of the deadline."""
+        return min(self.c.call_timeout, self.deadline - time.monotonic())
+
+    def _back_off(self) -> None:
+        cap = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self.failures - 1))
+        delay = random.uniform(0, cap)  # noqa: S311
+        time.sleep(max(0.0, min(delay, self.deadline - time.monotonic() - MIN_ATTEMPT_SECONDS)))
+        if isinstance(self.last_failure, EtcdFailure):
+            return  # nothing was compared: the values seen are not the problem
+        timeout = self._timeout()
+        if timeout < MIN_ATTEMPT_SECONDS:
+            return
+        keys = list(self.seen)
+        try:
+            response = self.c.client.txn(read_txn(keys), timeout)
+        except EtcdFailure:
+            return  # the next attempt finds out, and reads in its failure branch
+        current = read_answer(keys, response)
+        self.c.cache.update(current.items())
+        self.seen = current
+
+    def _deadline_passed(self) -> StoreUnavailable:
+        failure = self.last_failure
+        reason = failure.detail if failure else "no attempt could start"
+        retry_after = failure.retry_after if failure else 1
+        timeout = self.c.write_timeout
+        if self.outcome_unknown:
+            return StoreUnavailable(
+                f"the outcome is unknown: etcd did not confirm within the write deadline "
+                f"({timeout:g} s) whether the update was applied ({reason})",
+                retry_after,
+            )
+        return StoreUnavailable(
+            f"the update was not applied within the write deadline ({timeout:g} s): {reason}",
+            retry_after,
+        )

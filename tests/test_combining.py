@@ -1,0 +1,227 @@
+"""Group commit with real threads and scripted batches: who shares what, and who learns what."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from sensorstats.errors import StoreUnavailable
+from sensorstats.stats import Stats, Timestamp
+from sensorstats.store.combining import PendingWrite, WriteCombiner
+from sensorstats.store.etcd_txn import Update
+
+ONE = Stats.of([1], Timestamp.parse("2021-11-09T21:38:09Z"))
+
+
+def write(*keys: str, marker: str, within: float = 10.0) -> PendingWrite:
+    return PendingWrite([Update(k, ONE) for k in keys], marker, time.monotonic() + within)
+
+
+class ScriptedBatches:
+    """Records every batch; the first `hold` batches wait until released."""
+
+    def __init__(self, hold: int = 0, decide: Callable[[PendingWrite], None] | None = None):
+        self.batches: list[list[str]] = []
+        self.started = threading.Semaphore(0)
+        self.releases = [threading.Event() for _ in range(hold)]
+        self.release = self.releases[0] if hold else threading.Event()
+        self._hold = hold
+        self._decide = decide or PendingWrite.succeed
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: list[PendingWrite]) -> None:
+        with self._lock:
+            self.batches.append([w.marker for w in batch])
+            number = len(self.batches)
+        self.started.release()
+        if number <= self._hold:
+            assert self.releases[number - 1].wait(10)
+        for pending in batch:
+            self._decide(pending)
+
+
+@contextmanager
+def writers(combiner: WriteCombiner, *pending: PendingWrite) -> Iterator[dict[str, object]]:
+    """Runs each write in its own thread; yields marker -> None or the exception raised."""
+    outcomes: dict[str, object] = {}
+
+    def run(p: PendingWrite) -> None:
+        try:
+            combiner.write(p)
+            outcomes[p.marker] = None
+        except Exception as error:
+            outcomes[p.marker] = error
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in pending]
+    for thread in threads:
+        thread.start()
+    try:
+        yield outcomes
+    finally:
+        for thread in threads:
+            thread.join(15)
+
+
+def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def combiner_for(batches: ScriptedBatches, **options: object) -> WriteCombiner:
+    settings: dict[str, object] = {"max_ops": 128, "max_bytes": 1 << 20, "max_in_flight": 1}
+    settings.update(options)
+    return WriteCombiner(batches, **settings)  # type: ignore[arg-type]
+
+
+def queued(combiner: WriteCombiner) -> int:
+    return len(combiner._queue)
+
+
+def test_a_lone_write_is_its_own_batch() -> None:
+    batches = ScriptedBatches()
+    combiner_for(batches).write(write("k", marker="m1"))
+    assert batches.batches == [["m1"]]
+
+
+def test_writes_queued_behind_a_transaction_share_the_next_one() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches)
+    first = write("hot", marker="first")
+    followers = [write("hot", marker=f"f{i}") for i in range(10)]
+    with writers(combiner, first) as outcomes:
+        assert batches.started.acquire(timeout=5)
+        with writers(combiner, *followers) as more:
+            wait_until(lambda: queued(combiner) == 10)
+            batches.release.set()
+        assert more == {f"f{i}": None for i in range(10)}
+    assert outcomes == {"first": None}
+    assert batches.batches[0] == ["first"]
+    assert sorted(batches.batches[1]) == sorted(f"f{i}" for i in range(10))
+    assert len(batches.batches) == 2
+
+
+def test_each_write_learns_its_own_outcome() -> None:
+    def decide(pending: PendingWrite) -> None:
+        if pending.marker.startswith("bad"):
+            pending.fail(StoreUnavailable(f"{pending.marker} refused"))
+        else:
+            pending.succeed()
+
+    batches = ScriptedBatches(hold=1, decide=decide)
+    combiner = combiner_for(batches)
+    with writers(combiner, write("k", marker="first")):
+        assert batches.started.acquire(timeout=5)
+        pending = [write("k", marker=m) for m in ("good1", "bad1", "good2", "bad2")]
+        with writers(combiner, *pending) as outcomes:
+            wait_until(lambda: queued(combiner) == 4)
+            batches.release.set()
+    assert len(batches.batches) == 2
+    assert outcomes["good1"] is None
+    assert outcomes["good2"] is None
+    for bad in ("bad1", "bad2"):
+        error = outcomes[bad]
+        assert isinstance(error, StoreUnavailable)
+        assert error.detail == f"{bad} refused"
+
+
+def test_disjoint_writes_run_side_by_side_and_a_busy_key_waits() -> None:
+    batches = ScriptedBatches(hold=2)
+    combiner = combiner_for(batches, max_in_flight=3)
+    with writers(combiner, write("a", marker="a1"), write("b", marker="b1")):
+        assert batches.started.acquire(timeout=5)
+        assert batches.started.acquire(timeout=5)
+        with writers(combiner, write("a", "c", marker="a2")):
+            # "a" is in flight: the write waits although a slot is free.
+            wait_until(lambda: queued(combiner) == 1)
+            time.sleep(0.05)
+            assert len(batches.batches) == 2
+            for release in batches.releases:
+                release.set()
+    assert sorted(map(tuple, batches.batches)) == [("a1",), ("a2",), ("b1",)]
+    assert batches.batches[-1] == ["a2"]
+
+
+def test_a_batch_holds_no_more_operations_than_a_transaction_may() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches, max_ops=8)
+    with writers(combiner, write("x", marker="first")):
+        assert batches.started.acquire(timeout=5)
+        # Each write takes 2 keys and its marker: 3 operations.
+        pending = [write(f"k{i}a", f"k{i}b", marker=f"w{i}") for i in range(5)]
+        with writers(combiner, *pending) as outcomes:
+            wait_until(lambda: queued(combiner) == 5)
+            batches.release.set()
+    assert all(outcome is None for outcome in outcomes.values())
+    assert [len(batch) for batch in batches.batches[1:]] == [2, 2, 1]
+
+
+def test_a_write_whose_deadline_passes_in_the_queue_is_never_sent() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches)
+    with writers(combiner, write("k", marker="first")):
+        assert batches.started.acquire(timeout=5)
+        with writers(combiner, write("k", marker="late", within=0.3)) as outcomes:
+            wait_until(lambda: "late" in outcomes)
+        batches.release.set()
+    error = outcomes["late"]
+    assert isinstance(error, StoreUnavailable)
+    assert "was not applied" in error.detail
+    assert all("late" not in batch for batch in batches.batches)
+    assert queued(combiner) == 0
+
+
+def test_a_write_whose_batch_outlives_its_deadline_reports_an_unknown_outcome() -> None:
+    batches = ScriptedBatches(hold=2)
+    combiner = combiner_for(batches, outcome_grace=0.1)
+    with writers(combiner, write("k", marker="first")):
+        assert batches.started.acquire(timeout=5)
+        # The oldest queued write leads the next batch; the other only waits.
+        with writers(combiner, write("k", marker="leader")):
+            wait_until(lambda: queued(combiner) == 1)
+            with writers(combiner, write("k", marker="stuck", within=1.0)) as outcomes:
+                wait_until(lambda: queued(combiner) == 2)
+                batches.releases[0].set()
+                assert batches.started.acquire(timeout=5)
+                wait_until(lambda: "stuck" in outcomes)
+            batches.releases[1].set()
+    assert batches.batches[1] == ["leader", "stuck"]
+    error = outcomes["stuck"]
+    assert isinstance(error, StoreUnavailable)
+    assert "outcome is unknown" in error.detail
+
+
+def test_a_crashing_batch_fails_every_write_with_an_unknown_outcome() -> None:
+    def crash(pending: PendingWrite) -> None:
+        raise RuntimeError("bug")
+
+    batches = ScriptedBatches(hold=1, decide=crash)
+    combiner = combiner_for(batches)
+    with writers(combiner, write("k", marker="first")) as leader:
+        assert batches.started.acquire(timeout=5)
+        with writers(combiner, write("k", marker="f1"), write("k", marker="f2")) as outcomes:
+            wait_until(lambda: queued(combiner) == 2)
+            batches.release.set()
+    assert isinstance(leader["first"], RuntimeError)
+    # The second batch's leader sees the bug itself; every other write
+    # learns that its outcome is unknown, and nobody hangs.
+    errors = list(outcomes.values())
+    assert sum(isinstance(e, RuntimeError) for e in errors) == 1
+    unknown = [e for e in errors if isinstance(e, StoreUnavailable)]
+    assert len(unknown) == 1
+    assert "outcome is unknown" in unknown[0].detail
+    assert queued(combiner) == 0
+    assert combiner._in_flight == 0
+    assert not combiner._busy
+
+
+def test_a_batch_that_leaves_a_write_undecided_is_a_bug_not_a_hang() -> None:
+    batches = ScriptedBatches(decide=lambda pending: None)
+    combiner = combiner_for(batches)
+    with pytest.raises(AssertionError, match="undecided"):
+        combiner.write(write("k", marker="m"))

@@ -1,0 +1,204 @@
+"""Combined commits on a real etcd: exact counts, true outcomes per request, no starvation."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from functools import reduce
+from typing import Any
+
+import pytest
+
+from sensorstats.errors import StoreUnavailable
+from sensorstats.stats import EMPTY, Stats
+from sensorstats.store.etcd import EtcdStore
+from sensorstats.store.etcd_client import EtcdClient
+from tests.etcd_process import EtcdProcess
+from tests.test_etcd_store import (
+    ScriptedClient,
+    endpoints,
+    lose_answer,
+    make_store,
+    measured,
+    refuse,
+)
+
+__all__ = ["make_store"]  # the fixture, shared with test_etcd_store
+
+pytestmark = pytest.mark.usefixtures("etcd_available")
+
+
+def slow(seconds: float) -> Callable[[Callable[[], Any]], Any]:
+    """A fault that delays a transaction, so that other writers queue behind it."""
+
+    def delayed(call: Callable[[], Any]) -> Any:
+        time.sleep(seconds)
+        return call()
+
+    return delayed
+
+
+def run_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Runs `work(i)` in `count` threads started together; returns what they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            work(index)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+def merged(values: Sequence[float]) -> Stats:
+    return reduce(Stats.merge, (measured(v) for v in values), EMPTY)
+
+
+def test_many_threads_on_one_sensor_share_transactions_and_count_exactly(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), then=slow(0.01))
+    store = make_store(client)
+    threads, posts = 16, 10
+
+    def post(thread: int) -> None:
+        for i in range(posts):
+            store.apply({"hot": measured(thread * 1000 + i + 0.25)})
+
+    assert run_threads(threads, post) == []
+    expected = [t * 1000 + i + 0.25 for t in range(threads) for i in range(posts)]
+    assert store.get("hot") == merged(expected)
+    assert client.txn_calls <= threads * posts // 2  # requests shared transactions
+
+
+def test_many_threads_on_overlapping_sensors_count_exactly(
+    make_store: Callable[..., EtcdStore],
+) -> None:
+    store = make_store()
+    sent: dict[str, list[float]] = {f"s{k}": [] for k in range(10)}
+    lock = threading.Lock()
+
+    def post(thread: int) -> None:
+        for i in range(15):
+            sensors = [f"s{(thread + i + j) % 10}" for j in range(3)]
+            value = thread * 100 + i
+            store.apply({sensor: measured(value) for sensor in sensors})
+            with lock:
+                for sensor in sensors:
+                    sent[sensor].append(value)
+
+    assert run_threads(12, post) == []
+    for sensor, values in sent.items():
+        assert store.get(sensor) == merged(values), sensor
+
+
+def test_a_delete_racing_combined_posts_leaves_a_serial_order(
+    make_store: Callable[..., EtcdStore],
+) -> None:
+    store = make_store()
+    windows: dict[int, tuple[float, float]] = {}  # post -> (started, acknowledged)
+    deleted: list[float] = []
+
+    def work(thread: int) -> None:
+        if thread == 0:
+            time.sleep(0.02)
+            started = time.monotonic()
+            store.delete("racy")
+            deleted.extend((started, time.monotonic()))
+            return
+        for i in range(4):
+            post = (thread - 1) * 4 + i  # its value, 2**post, names it in the sum
+            started = time.monotonic()
+            store.apply({"racy": measured(2.0**post)})
+            windows[post] = (started, time.monotonic())
+
+    assert run_threads(9, work) == []
+    final = store.get("racy")
+    survivors = {p for p in windows if (final.mantissa << final.exponent) >> p & 1}
+    assert final.count == len(survivors)
+    assert final == merged([2.0**p for p in sorted(survivors)])
+    delete_started, delete_acknowledged = deleted
+    for post, (started, acknowledged) in windows.items():
+        if acknowledged < delete_started:
+            assert post not in survivors  # it came before the delete
+        if started > delete_acknowledged:
+            assert post in survivors  # it came after the delete
+
+
+def queue_behind_a_slow_first_commit(
+    store: EtcdStore, followers: int
+) -> tuple[list[BaseException], list[str]]:
+    """One post that commits slowly, then `followers` posts that queue behind it."""
+    acknowledged: list[str] = []
+
+    def post(index: int) -> None:
+        if index:
+            time.sleep(0.1)  # the first is in flight by now
+        store.apply({"shared": measured(index)})
+        acknowledged.append(f"p{index}")
+
+    return run_threads(followers + 1, post), acknowledged
+
+
+def test_a_lost_answer_of_a_combined_commit_counts_each_request_once(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), faults=[slow(0.4), lose_answer])
+    store = make_store(client)
+    errors, acknowledged = queue_behind_a_slow_first_commit(store, followers=6)
+    assert errors == []
+    assert len(acknowledged) == 7
+    # The first alone, the six together (answer lost), and one retry that
+    # found all six markers.
+    assert client.txn_calls == 3
+    assert store.get("shared") == merged(range(7))
+
+
+def test_a_refused_combined_commit_fails_exactly_the_requests_it_carried(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), faults=[slow(0.4), refuse])
+    store = make_store(client)
+    errors, acknowledged = queue_behind_a_slow_first_commit(store, followers=6)
+    assert acknowledged == ["p0"]
+    assert len(errors) == 6
+    assert all(isinstance(e, StoreUnavailable) and e.detail == "injected: refused" for e in errors)
+    assert store.get("shared") == merged([0])
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_not_applied(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), faults=[slow(1.5)])
+    store = make_store(client, call_timeout=1.0, write_timeout=1.0)
+    errors, acknowledged = queue_behind_a_slow_first_commit(store, followers=1)
+    assert acknowledged == ["p0"]  # its call was sent in time, only answered late
+    (error,) = errors
+    assert isinstance(error, StoreUnavailable)
+    assert "was not applied" in error.detail
+    assert client.txn_calls == 1  # the late request was never sent
+    assert store.get("shared") == merged([0])
+
+
+def test_two_instances_contending_on_one_sensor_lose_no_request(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    instances = [make_store(EtcdClient(endpoints(etcd))) for _ in range(2)]
+
+    def post(thread: int) -> None:
+        for i in range(40):
+            instances[thread % 2].apply({"contended": measured(thread + i / 64)})
+
+    assert run_threads(16, post) == []
+    expected = [t + i / 64 for t in range(16) for i in range(40)]
+    for instance in instances:
+        assert instance.get("contended") == merged(expected)
