@@ -27,6 +27,7 @@ the whole request then counts the applied chunks twice.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -91,6 +92,10 @@ class EtcdStore:
         self._write_timeout = write_timeout
         self._chunk_sensors = max_txn_ops - 1
         self._cache = SeenCache(cache_size)
+        # Request ids: unique to this store object, then a counter, which is
+        # far cheaper than drawing 128 random bits per request.
+        self._instance = secrets.token_hex(8)
+        self._sequence = itertools.count()
         committer = BatchCommitter(
             client, self._cache, call_timeout=call_timeout, write_timeout=write_timeout
         )
@@ -132,7 +137,7 @@ class EtcdStore:
             key=lambda update: update.key,
         )
         chunks = split_batch(updates, self._chunk_sensors)
-        request_id = secrets.token_hex(16)
+        request_id = f"{self._instance}-{next(self._sequence):x}"
         for index, chunk in enumerate(chunks):
             marker = marker_key(self._prefix, request_id, index)
             try:
