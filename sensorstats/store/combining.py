@@ -46,10 +46,17 @@ class PendingWrite:
     updates: Sequence[Update]
     marker: str
     deadline: float
+    # What the marker holds: the payload's fingerprint for a keyed request,
+    # so that a retry with another payload is told apart; else nothing.
+    fingerprint: bytes = b""
+    remember: bool = False  # keyed: the marker lives for the idempotency window
     sent: bool = False  # taken into a batch; only the batch decides it from then on
     done: bool = False
-    error: StoreUnavailable | None = None
+    error: Exception | None = None
     keys: frozenset[str] = field(init=False)
+    # Keys no other write may have in flight at the same time: the sensors,
+    # and the marker, which two copies of a keyed request share.
+    exclusive: frozenset[str] = field(init=False)
     ops: int = field(init=False)
     size: int = field(init=False)
     # Set to wake the writer's thread: its outcome is known, or it may lead.
@@ -57,13 +64,14 @@ class PendingWrite:
 
     def __post_init__(self) -> None:
         self.keys = frozenset(update.key for update in self.updates)
+        self.exclusive = self.keys | {self.marker}
         self.ops = len(self.keys) + 1  # the marker takes one operation
         self.size = sum(key_cost(key) for key in self.keys) + marker_cost(self.marker)
 
     def succeed(self) -> None:
         self.done = True
 
-    def fail(self, error: StoreUnavailable) -> None:
+    def fail(self, error: Exception) -> None:
         if not self.done:
             self.error = error
             self.done = True
@@ -143,7 +151,7 @@ class WriteCombiner:
         if self._in_flight >= self._max_in_flight:
             return
         for candidate in self._queue:
-            if candidate.deadline - now >= MIN_ATTEMPT_SECONDS and candidate.keys.isdisjoint(
+            if candidate.deadline - now >= MIN_ATTEMPT_SECONDS and candidate.exclusive.isdisjoint(
                 self._busy
             ):
                 candidate.wake.set()
@@ -159,7 +167,7 @@ class WriteCombiner:
         for candidate in self._queue:
             if candidate.deadline - now < MIN_ATTEMPT_SECONDS:
                 continue  # its own thread fails it as not sent
-            if not candidate.keys.isdisjoint(self._busy):
+            if not candidate.exclusive.isdisjoint(self._busy) or candidate.marker in keys:
                 continue
             new_keys = candidate.keys - keys
             extra_ops = len(new_keys) + 1
@@ -167,7 +175,7 @@ class WriteCombiner:
             if batch and (ops + extra_ops > self._max_ops or size + extra_size > self._max_bytes):
                 continue
             batch.append(candidate)
-            keys |= new_keys
+            keys |= new_keys | {candidate.marker}
             ops += extra_ops
             size += extra_size
         if not batch:
@@ -199,7 +207,7 @@ class WriteCombiner:
         finally:
             with self._lock:
                 for write in batch:
-                    self._busy -= write.keys
+                    self._busy -= write.exclusive
                     write.wake.set()
                 self._in_flight -= 1
                 self._wake_next_leader(self._clock())

@@ -36,11 +36,12 @@ from typing import Any
 import etcd3.etcdrpc as rpc
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.idempotency import IdempotencyKey
 from sensorstats.settings import Settings
 from sensorstats.stats import Stats
 from sensorstats.store.combining import PendingWrite, WriteCombiner
 from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
-from sensorstats.store.etcd_keys import health_key, marker_key, sensor_key
+from sensorstats.store.etcd_keys import health_key, key_marker_key, marker_key, sensor_key
 from sensorstats.store.etcd_memory import SeenCache
 from sensorstats.store.etcd_txn import (
     MAX_TXN_BYTES,
@@ -56,6 +57,7 @@ from sensorstats.store.etcd_writes import BatchCommitter
 from sensorstats.store.read_rounds import ReadRounds
 
 CACHE_SIZE = 10_000
+IDEMPOTENCY_TTL = 600.0  # see README, "Capacity"
 CHECK_TIMEOUT = 0.5
 # Transactions one instance keeps in flight at once, each carrying every
 # write that queued meanwhile: etcd batches concurrent proposals into one
@@ -80,6 +82,7 @@ class EtcdStore:
         cache_size: int = CACHE_SIZE,
         max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
         max_reads_in_flight: int = MAX_READS_IN_FLIGHT,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
     ) -> None:
         if max_txn_ops < 2:
             raise ValueError("max_txn_ops must leave room for a sensor and the marker")
@@ -97,7 +100,11 @@ class EtcdStore:
         self._instance = secrets.token_hex(8)
         self._sequence = itertools.count()
         committer = BatchCommitter(
-            client, self._cache, call_timeout=call_timeout, write_timeout=write_timeout
+            client,
+            self._cache,
+            call_timeout=call_timeout,
+            write_timeout=write_timeout,
+            idempotency_ttl=idempotency_ttl,
         )
         self._writes = WriteCombiner(
             committer,
@@ -125,8 +132,13 @@ class EtcdStore:
 
     # --- the Store protocol ------------------------------------------------
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
-        """Merge `deltas`, one chunk after the other, each in a shared transaction."""
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
+        """Merge `deltas`, one chunk after the other, each in a shared transaction.
+
+        With an idempotency `key`, each chunk's marker derives from the key
+        and holds the payload's fingerprint: a chunk whose marker exists is
+        not applied again, so a retry applies exactly the missing chunks.
+        """
         deadline = time.monotonic() + self._write_timeout
         updates = sorted(
             (
@@ -139,17 +151,28 @@ class EtcdStore:
         chunks = split_batch(updates, self._chunk_sensors)
         request_id = f"{self._instance}-{next(self._sequence):x}"
         for index, chunk in enumerate(chunks):
-            marker = marker_key(self._prefix, request_id, index)
+            if key is None:
+                pending = PendingWrite(chunk, marker_key(self._prefix, request_id, index), deadline)
+            else:
+                marker = key_marker_key(self._prefix, key.digest, index)
+                pending = PendingWrite(
+                    chunk, marker, deadline, fingerprint=key.fingerprint.encode(), remember=True
+                )
             try:
-                self._writes.write(PendingWrite(chunk, marker, deadline))
+                self._writes.write(pending)
             except StoreUnavailable as failure:
                 if index == 0:
                     raise
                 applied = sum(len(c) for c in chunks[:index])
+                retry = (
+                    "retrying with the same Idempotency-Key applies exactly the rest"
+                    if key
+                    else "retrying the whole batch would count them twice"
+                )
                 raise StoreUnavailable(
                     f"{failure.detail}; the batch was split into {len(chunks)} transactions "
                     f"and the first {index} ({applied} of {len(updates)} sensors) were applied "
-                    f"and stay applied: retrying the whole batch would count them twice",
+                    f"and stay applied: {retry}",
                     failure.retry_after,
                 ) from None
 

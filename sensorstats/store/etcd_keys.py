@@ -9,9 +9,14 @@
     later cannot cover another sensor, even one whose id extends this one's.
 
 ``<prefix>requests/<request id>/<chunk>``
-    A request marker: written, with a lease, by the transaction that applies
-    one chunk of one POST, so that a retry can tell whether an attempt whose
-    answer was lost did commit. See `etcd.EtcdStore`.
+    A request marker: written, with a short lease, by the transaction that
+    applies one chunk of one POST, so that a retry can tell whether an
+    attempt whose answer was lost did commit. See `etcd_writes`.
+
+``<prefix>keys/<digest of client scope and Idempotency-Key>/<chunk>``
+    The marker of a chunk of a POST with an ``Idempotency-Key``: the same for
+    every retry of that request, on any instance, holding the payload's
+    fingerprint, on a lease as long as the idempotency window.
 
 ``<prefix>healthz``
     Never written; `EtcdStore.check` reads it to prove a quorum answers.
@@ -23,6 +28,7 @@ from urllib.parse import quote, unquote
 
 SENSORS = "sensors/"
 REQUESTS = "requests/"
+KEYS = "keys/"
 HEALTH = "healthz"
 
 
@@ -41,6 +47,11 @@ def sensor_of(prefix: str, key: str) -> str:
 def marker_key(prefix: str, request_id: str, chunk: int) -> str:
     """The key that proves chunk `chunk` of request `request_id` was applied."""
     return f"{prefix}{REQUESTS}{request_id}/{chunk}"
+
+
+def key_marker_key(prefix: str, digest: str, chunk: int) -> str:
+    """The key that proves chunk `chunk` of the keyed request `digest` was applied."""
+    return f"{prefix}{KEYS}{digest}/{chunk}"
 
 
 def health_key(prefix: str) -> str:

@@ -36,6 +36,15 @@ ABSENT = Seen(0, EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
+class Marker:
+    """A request marker to write: its key, what it holds, and its lease."""
+
+    key: str
+    value: bytes
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     """One sensor's delta, addressed by its etcd key."""
 
@@ -71,7 +80,7 @@ def split_batch(
 
 
 def write_txn(
-    seen: Mapping[str, Seen], merged: Mapping[str, Stats], markers: Sequence[str], lease: int
+    seen: Mapping[str, Seen], merged: Mapping[str, Stats], markers: Sequence[Marker]
 ) -> Any:
     """The compare-and-swap transaction described in the module docstring.
 
@@ -87,7 +96,9 @@ def write_txn(
         for key, record in seen.items()
     ]
     compare += [
-        rpc.Compare(key=m.encode(), target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0)
+        rpc.Compare(
+            key=m.key.encode(), target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+        )
         for m in markers
     ]
     success = [
@@ -95,24 +106,25 @@ def write_txn(
         for key in seen
     ]
     success += [
-        rpc.RequestOp(request_put=rpc.PutRequest(key=m.encode(), value=b"", lease=lease))
+        rpc.RequestOp(request_put=rpc.PutRequest(key=m.key.encode(), value=m.value, lease=m.lease))
         for m in markers
     ]
     failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode())) for key in seen]
-    failure += [
-        rpc.RequestOp(request_range=rpc.RangeRequest(key=m.encode(), count_only=True))
-        for m in markers
-    ]
+    failure += [rpc.RequestOp(request_range=rpc.RangeRequest(key=m.key.encode())) for m in markers]
     return rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
 
 def read_failure_branch(
-    keys: Sequence[str], markers: Sequence[str], response: Any
-) -> tuple[dict[str, Seen], set[str]]:
-    """The current records of `keys` and the markers that exist, from a refused write."""
+    keys: Sequence[str], markers: Sequence[Marker], response: Any
+) -> tuple[dict[str, Seen], dict[str, bytes]]:
+    """From a refused write: the current records of `keys`, and each existing marker's value."""
     ranges = [op.response_range for op in response.responses]
     current = {key: seen_of(found.kvs) for key, found in zip(keys, ranges, strict=False)}
-    found = {m for m, answer in zip(markers, ranges[len(keys) :], strict=True) if answer.count}
+    found = {
+        m.key: answer.kvs[0].value
+        for m, answer in zip(markers, ranges[len(keys) :], strict=True)
+        if answer.kvs
+    }
     return current, found
 
 

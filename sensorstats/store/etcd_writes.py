@@ -28,14 +28,22 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.idempotency import IdempotencyKeyReused
 from sensorstats.stats import EMPTY, Stats
 from sensorstats.store.combining import MIN_ATTEMPT_SECONDS, PendingWrite
 from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
 from sensorstats.store.etcd_memory import MarkerLease, SeenCache
-from sensorstats.store.etcd_txn import Seen, read_answer, read_failure_branch, read_txn, write_txn
+from sensorstats.store.etcd_txn import (
+    Marker,
+    Seen,
+    read_answer,
+    read_failure_branch,
+    read_txn,
+    write_txn,
+)
 
 BACKOFF_BASE = 0.01
 BACKOFF_CAP = 0.25
@@ -44,6 +52,11 @@ BACKOFF_CAP = 0.25
 # outlives every attempt that may look for it.
 MARKER_LEASE_ROTATION = 30.0
 MARKER_LEASE_MARGIN = 30.0
+# Keyed markers must live for the idempotency window: their lease is replaced
+# every tenth of it (at most every minute), so about ten leases are alive
+# whatever the traffic, and a marker lives between the window and 1.1 times it.
+KEYED_LEASE_ROTATION_SHARE = 0.1
+KEYED_LEASE_ROTATION_MAX = 60.0
 
 CONTENTION = (
     "etcd kept refusing the update because other writers changed the same sensors (contention)"
@@ -54,14 +67,26 @@ class BatchCommitter:
     """Runs a batch of `PendingWrite`s as compare-and-swap transactions until decided."""
 
     def __init__(
-        self, client: EtcdClient, cache: SeenCache, *, call_timeout: float, write_timeout: float
+        self,
+        client: EtcdClient,
+        cache: SeenCache,
+        *,
+        call_timeout: float,
+        write_timeout: float,
+        idempotency_ttl: float,
     ) -> None:
         self.client = client
         self.cache = cache
         self.call_timeout = call_timeout
         self.write_timeout = write_timeout
         ttl = math.ceil(MARKER_LEASE_ROTATION + write_timeout + MARKER_LEASE_MARGIN)
-        self.lease = MarkerLease(client, ttl, MARKER_LEASE_ROTATION)
+        rotation = min(KEYED_LEASE_ROTATION_MAX, idempotency_ttl * KEYED_LEASE_ROTATION_SHARE)
+        keyed_ttl = math.ceil(idempotency_ttl + rotation + write_timeout)
+        # By whether the marker is remembered for the idempotency window.
+        self.leases = {
+            False: MarkerLease(client, ttl, MARKER_LEASE_ROTATION),
+            True: MarkerLease(client, keyed_ttl, rotation),
+        }
 
     def __call__(self, batch: list[PendingWrite]) -> None:
         """Decide every write of `batch`: `succeed()` or `fail(...)` each one."""
@@ -95,19 +120,22 @@ class _Attempts:
 
     def _attempt(self, timeout: float) -> bool:
         """One transaction; False once every write is decided."""
-        lease: int | None = None
-        markers = [write.marker for write in self.pending]
+        leases: dict[bool, int] = {}
         merged = self._merged()
+        sent = False
         try:
-            lease = self.c.lease.current(timeout)
-            request = write_txn(self.seen, merged, markers, lease)
+            for remember in {write.remember for write in self.pending}:
+                leases[remember] = self.c.leases[remember].current(timeout)
+            markers = [Marker(w.marker, w.fingerprint, leases[w.remember]) for w in self.pending]
+            request = write_txn(self.seen, merged, markers)
             timeout = self._timeout()
             if timeout < MIN_ATTEMPT_SECONDS:  # the lease grant took the time
                 self._fail_all(self._deadline_passed())
                 return False
+            sent = True
             response = self.c.client.txn(request, timeout)
         except EtcdFailure as failure:
-            return self._failed(failure, lease)
+            return self._failed(failure, sent=sent, leases=leases)
         if response.succeeded:
             revision = response.header.revision
             self.c.cache.update((key, Seen(revision, merged[key])) for key in self.seen)
@@ -116,24 +144,34 @@ class _Attempts:
         keys = list(self.seen)
         current, found = read_failure_branch(keys, markers, response)
         self.c.cache.update(current.items())
-        applied = [write for write in self.pending if write.marker in found]
-        if applied:  # an attempt whose answer was lost did commit these
-            self._succeed(applied)
-            if not self.pending:
-                return False
+        for write in [w for w in self.pending if w.marker in found]:
+            if found[write.marker] == write.fingerprint:
+                # An attempt whose answer was lost did commit it, or (with
+                # an Idempotency-Key) an earlier request with the same payload.
+                write.succeed()
+            else:
+                write.fail(
+                    IdempotencyKeyReused(
+                        "this Idempotency-Key was already used with a different payload; "
+                        "nothing of this request was stored"
+                    )
+                )
+        self.pending = [write for write in self.pending if not write.done]
+        if not self.pending:
+            return False
         self.seen = {key: current[key] for key in self._keys()}
         self.last_failure = StoreUnavailable(CONTENTION)
         return True
 
-    def _failed(self, failure: EtcdFailure, lease: int | None) -> bool:
+    def _failed(self, failure: EtcdFailure, *, sent: bool, leases: Mapping[bool, int]) -> bool:
         """Take in a failed call; False once every write is decided."""
         # Only a transaction that was sent can have committed; a failed
-        # lease grant (no lease yet) leaves nothing in doubt.
-        sent = lease is not None
+        # lease grant leaves nothing in doubt.
         self.outcome_unknown = self.outcome_unknown or (sent and failure.outcome_unknown)
         self.last_failure = failure
-        if failure.lease_missing and lease is not None:
-            self.c.lease.forget(lease)
+        if failure.lease_missing and sent:
+            for remember, lease in leases.items():  # which one, etcd does not say
+                self.c.leases[remember].forget(lease)
             return True
         if not failure.transient:
             if self.outcome_unknown:

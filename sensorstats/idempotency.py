@@ -1,0 +1,94 @@
+"""Idempotency keys: what a client's key means, and how a payload is recognised.
+
+A POST may carry ``Idempotency-Key`` (IETF httpapi draft): a Structured Field
+string (``"abc"``) or, as Stripe-style clients send it, a bare token. The
+same key with the same payload is applied once, however often and through
+whichever instance it arrives; the same key with another payload is refused.
+
+The payload's fingerprint is a hash of the *parsed* batch, its per-sensor
+statistics (`Stats.encode`): whitespace, key order and the order of items do
+not change it. Two payloads with the same fingerprint have exactly the same
+effect on every sensor, so answering one as the replay of the other can
+never make a statistic differ from what the client meant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sensorstats.stats import Stats
+
+MAX_KEY_LENGTH = 255
+# RFC 8941 sf-string contents: printable ASCII, with \" and \\ escapes.
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+# A bare key: printable ASCII without spaces, quotes or backslashes.
+_BARE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+class InvalidIdempotencyKey(Exception):
+    """The Idempotency-Key header is not a key this service accepts."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was already used with another payload; nothing of this one was stored."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's key within its scope, and the fingerprint of the payload it came with."""
+
+    scope: str  # the client identity when tokens are configured, else ""
+    key: str
+    fingerprint: str  # hex
+
+    @property
+    def digest(self) -> str:
+        """A short, printable name for (scope, key), for storage keys."""
+        return hashlib.sha256(f"{self.scope}\0{self.key}".encode()).hexdigest()[:32]
+
+
+def parse_key_header(value: str) -> str:
+    """The key a header value names; raises InvalidIdempotencyKey."""
+    text = value.strip(" \t")
+    quoted = _SF_STRING.fullmatch(text)
+    if quoted:
+        key = re.sub(r"\\(.)", r"\1", quoted.group(1))
+    elif _BARE_TOKEN.fullmatch(text):
+        key = text
+    else:
+        raise InvalidIdempotencyKey(
+            'Idempotency-Key must be a Structured Field string ("...") or a token of '
+            "printable ASCII characters"
+        )
+    if not key:
+        raise InvalidIdempotencyKey("Idempotency-Key must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters, got {len(key)}"
+        )
+    return key
+
+
+def fingerprint(deltas: Mapping[str, Stats]) -> str:
+    """The fingerprint of a parsed batch: the same for batches with the same effect."""
+    digest = hashlib.sha256()
+    for sensor in sorted(deltas):
+        delta = deltas[sensor]
+        if not delta.count:
+            continue
+        name = sensor.encode("utf-8", "surrogatepass")
+        record = delta.encode()
+        digest.update(len(name).to_bytes(4, "big") + name)
+        digest.update(len(record).to_bytes(4, "big") + record)
+    return digest.hexdigest()[:32]
