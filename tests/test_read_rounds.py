@@ -113,7 +113,7 @@ def test_a_failed_round_fails_each_of_its_readers() -> None:
     assert {r.detail for r in results if isinstance(r, StoreUnavailable)} == {"etcd has no leader"}
 
 
-def test_a_reader_gives_up_at_its_deadline_and_its_round_is_still_sent_later() -> None:
+def test_a_reader_gives_up_at_its_deadline_and_a_round_nobody_waits_for_is_dropped() -> None:
     store = Versioned(hold=1)
     rounds = rounds_for(store, timeout=0.3)
     with readers(rounds, "first"):
@@ -123,10 +123,9 @@ def test_a_reader_gives_up_at_its_deadline_and_its_round_is_still_sent_later() -
         assert isinstance(gave_up[0], StoreUnavailable)
         assert "did not answer the read within 0.3 s" in gave_up[0].detail
         store.release.set()
-    # The next reader joins the abandoned round, which is not yet sent, and
-    # is not stuck behind it.
     assert rounds.get("next") == 0
-    assert store.rounds[1:] == [["abandoned", "next"]]
+    assert store.rounds[1:] == [["next"]]
+    assert not rounds._unsent
 
 
 def test_a_round_reads_at_most_max_keys() -> None:

@@ -9,8 +9,10 @@ loop swaps in a fresh notifier before it sends. (Sharing a read already in
 flight, as Go's singleflight does, could answer with a state older than a
 write acknowledged before the GET arrived.)
 
-Every reader waits at most `timeout` seconds for its round; a round's keys
-are bounded by `max_keys` (etcd's operations per transaction).
+Every reader waits at most `timeout` seconds for its round; a round whose
+readers all gave up is dropped unsent. A round's keys are bounded by
+`max_keys` (etcd's operations per transaction). Readers sleep on their
+round's own condition, so an answer wakes only the readers it serves.
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ V = TypeVar("V")
 
 
 class _Round(Generic[K, V]):
-    __slots__ = ("done", "error", "keys", "results")
+    __slots__ = ("done", "error", "keys", "readers", "results", "wakeup")
 
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.Lock) -> None:
         self.keys: dict[K, None] = {}  # insertion-ordered set
+        self.readers = 0  # still waiting for it
         self.results: Mapping[K, V] = {}
         self.error: BaseException | None = None
         self.done = False
+        # Its readers wait here, on the lock shared by every round: one of
+        # them is woken to send it, all of them when it is answered.
+        self.wakeup = threading.Condition(lock)
 
 
 class ReadRounds(Generic[K, V]):
@@ -54,53 +60,63 @@ class ReadRounds(Generic[K, V]):
         self._max_in_flight = max_in_flight
         self._timeout = timeout
         self._clock = clock
+        # Guards the unsent rounds, the in-flight count and every round's state.
+        self._lock = threading.Lock()
         self._unsent: deque[_Round[K, V]] = deque()
         self._in_flight = 0
-        # Guards the unsent rounds and the in-flight count; readers are woken
-        # whenever a round is decided.
-        self._changed = threading.Condition(threading.Lock())
 
     def get(self, key: K) -> V:
         """The value of `key` as read by a round sent after this call began."""
         deadline = self._clock() + self._timeout
-        with self._changed:
+        with self._lock:
             joined = self._join(key)
-        while not joined.done:
-            leading = self._lead_or_wait(joined, deadline)
-            if leading is not None:
-                self._send(leading)
+            while not joined.done:
+                if (
+                    self._in_flight < self._max_in_flight
+                    and self._unsent
+                    and self._unsent[0] is joined
+                ):
+                    self._unsent.popleft()
+                    self._in_flight += 1
+                    self._wake_next_sender()
+                    break
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    self._leave(joined)
+                    raise StoreUnavailable(
+                        f"etcd did not answer the read within {self._timeout:g} s", retry_after=2
+                    )
+                joined.wakeup.wait(remaining)
+        if not joined.done:
+            self._send(joined)
         if joined.error is not None:
             raise joined.error
         return joined.results[key]
-
-    def _lead_or_wait(self, joined: _Round[K, V], deadline: float) -> _Round[K, V] | None:
-        """The oldest unsent round, for this thread to send, or None after a wait."""
-        with self._changed:
-            if joined.done:
-                return None
-            if self._in_flight < self._max_in_flight and self._unsent:
-                # The oldest first, even if it is not this reader's own: its
-                # readers may have given up, and rounds go out in order.
-                self._in_flight += 1
-                return self._unsent.popleft()
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise StoreUnavailable(
-                    f"etcd did not answer the read within {self._timeout:g} s", retry_after=2
-                )
-            self._changed.wait(remaining)
-            return None
 
     def _join(self, key: K) -> _Round[K, V]:
         """The unsent round that will read `key` (lock held)."""
         for waiting in self._unsent:
             if key in waiting.keys:
+                waiting.readers += 1
                 return waiting
         if not self._unsent or len(self._unsent[-1].keys) >= self._max_keys:
-            self._unsent.append(_Round())
+            self._unsent.append(_Round(self._lock))
         joined = self._unsent[-1]
         joined.keys[key] = None
+        joined.readers += 1
         return joined
+
+    def _leave(self, joined: _Round[K, V]) -> None:
+        """A reader gives up; a round nobody waits for is not sent (lock held)."""
+        joined.readers -= 1
+        if not joined.readers and joined in self._unsent:
+            self._unsent.remove(joined)
+            self._wake_next_sender()
+
+    def _wake_next_sender(self) -> None:
+        """Wake one reader of the oldest unsent round if it may be sent now (lock held)."""
+        if self._unsent and self._in_flight < self._max_in_flight:
+            self._unsent[0].wakeup.notify()
 
     def _send(self, leading: _Round[K, V]) -> None:
         try:
@@ -108,7 +124,8 @@ class ReadRounds(Generic[K, V]):
         except BaseException as error:  # every reader of the round learns it
             leading.error = error
         finally:
-            with self._changed:
+            with self._lock:
                 leading.done = True
                 self._in_flight -= 1
-                self._changed.notify_all()
+                leading.wakeup.notify_all()
+                self._wake_next_sender()
