@@ -184,11 +184,12 @@ def test_the_run_command_serves_the_exercise_sample(
     assert request(url, "POST", "/data", SAMPLE).status == 204
     assert request(url, "GET", statistics_path("abc")).json == SAMPLE_STATS
 
-    # The service is the command's last step: a child of the shell, running
-    # the clone's venv on Debian's interpreter.
+    # The service is the command's last step: the shell itself (bash may exec
+    # a list's last command) or its child, running the clone's venv on
+    # Debian's interpreter.
     (service,) = [
         pid
-        for pid in _children(shell.pid)
+        for pid in [shell.pid, *_children(shell.pid)]
         if b"sensorstats" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
     assert Path(f"/proc/{service}/cwd").resolve() == clone.resolve()
