@@ -383,10 +383,13 @@ def engine() -> Iterator[Docker]:
             lambda: process.poll() is not None or docker.ok("version"), ENGINE_START_TIMEOUT
         )
         if process.poll() is not None or not up:
-            state = f"exited {process.returncode}" if process.poll() is not None else "no answer"
+            why = (
+                f"dockerd exited {process.returncode}"
+                if process.poll() is not None
+                else f"no answer on {docker.socket} after {ENGINE_START_TIMEOUT:.0f} s"
+            )
             raise SetupFailed(
-                f"the Docker engine did not start ({state} after "
-                f"{ENGINE_START_TIMEOUT:.0f} s); {log_path}:\n"
+                f"the Docker engine did not start ({why}); {log_path}:\n"
                 + tail(log_path.read_text(errors="replace"))
             )
         version = docker("version", "--format", "{{.Server.Version}}").strip()
