@@ -40,9 +40,25 @@ class InvalidSensorId(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The store cannot serve the request now; retrying later may succeed."""
+    """The store cannot serve the request now; retrying later may succeed.
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
+    `outage` says whether the failure means the store is unreachable or
+    broken (a timeout, no leader): the circuit breaker counts only those. A
+    store that answered but refused (contention, a full quota) passes
+    ``outage=False``, since failing fast would not help anyone.
+    """
+
+    def __init__(self, detail: str, retry_after: int = 1, *, outage: bool = True) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+        self.outage = outage
+
+
+class StoreFull(Exception):
+    """Storing a batch would take the store past its configured size; nothing was stored."""
+
+    def __init__(self, detail: str, limit: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.limit = limit

@@ -9,7 +9,13 @@ from typing import Any
 
 import falcon
 
-from sensorstats.errors import InvalidBatch, InvalidSensorId, PayloadTooLarge, StoreUnavailable
+from sensorstats.errors import (
+    InvalidBatch,
+    InvalidSensorId,
+    PayloadTooLarge,
+    StoreFull,
+    StoreUnavailable,
+)
 from sensorstats.logs import UNAVAILABLE_LOGGER
 
 PROBLEM_JSON = "application/problem+json"
@@ -36,20 +42,38 @@ class Problem(falcon.HTTPError):
         self.extensions = extensions or {}
 
 
+def document(
+    status: int,
+    detail: str,
+    *,
+    type_uri: str = "about:blank",
+    title: str | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> bytes:
+    """An RFC 9457 problem document, encoded; the title defaults to the status phrase."""
+    body: dict[str, Any] = {
+        "type": type_uri,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    body.update(extensions or {})
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
 def serialize_problem(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Falcon's error serializer: every error body is application/problem+json."""
     status = error.status_code
-    title = error.title
+    title: str | None = error.title
     if not title or title == falcon.code_to_http_status(status):
-        title = HTTPStatus(status).phrase  # "Not Found", not "404 Not Found"
-    document: dict[str, Any] = {
-        "type": getattr(error, "type_uri", "about:blank"),
-        "title": title,
-        "status": status,
-    }
-    document["detail"] = error.description or _default_detail(req, status)
-    document.update(getattr(error, "extensions", {}))
-    resp.data = json.dumps(document, ensure_ascii=False).encode()
+        title = None  # the plain phrase: "Not Found", not "404 Not Found"
+    resp.data = document(
+        status,
+        error.description or _default_detail(req, status),
+        type_uri=getattr(error, "type_uri", "about:blank"),
+        title=title,
+        extensions=getattr(error, "extensions", None),
+    )
     resp.content_type = PROBLEM_JSON
 
 
@@ -109,6 +133,16 @@ def _store_unavailable(
     )
 
 
+def _store_full(req: falcon.Request, resp: falcon.Response, error: StoreFull, params: Any) -> None:
+    raise Problem(
+        falcon.HTTP_507,
+        type_uri="urn:sensorstats:problem:store-full",
+        title="Store full",
+        detail=error.detail,
+        extensions={"limit": error.limit},
+    )
+
+
 def _unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
     # The traceback goes to the log, never to the client.
     _log.exception("%s %s: unexpected error", req.method, req.path)
@@ -125,3 +159,4 @@ def register(app: falcon.App[Any, Any]) -> None:
     app.add_error_handler(PayloadTooLarge, _payload_too_large)
     app.add_error_handler(InvalidSensorId, _invalid_sensor_id)
     app.add_error_handler(StoreUnavailable, _store_unavailable)
+    app.add_error_handler(StoreFull, _store_full)

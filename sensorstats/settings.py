@@ -51,9 +51,13 @@ class Settings:
     etcd_max_txn_ops: int = 128
     write_timeout: float = 5.0
     threads: int = 16
+    connection_limit: int = 2048
+    idle_timeout: float = 75.0
+    receive_timeout: float = 30.0
     max_body_bytes: int = 1_048_576
     max_batch: int = 10_000
     max_sensor_id: int = 256
+    max_sensors: int = 50_000
     log_level: str = "INFO"
     shutdown_timeout: float = 20.0
     drain_delay: float = 0.0
@@ -174,9 +178,37 @@ OPTIONS: tuple[Option, ...] = (
         "deadline for committing one POST, retries included, seconds",
     ),
     Option("threads", _integer(1, 1024), "16", "waitress worker threads"),
+    Option(
+        "connection_limit",
+        _integer(1, 1_000_000),
+        "2048",
+        "open client connections at most; at the limit a new connection displaces "
+        "the one that has gone longest without a complete request",
+    ),
+    Option(
+        "idle_timeout",
+        _seconds(0.1, 86_400),
+        "75",
+        "close a connection that has sent nothing for this long, seconds "
+        "(longer than a load balancer's own idle timeout)",
+    ),
+    Option(
+        "receive_timeout",
+        _seconds(0.1, 86_400),
+        "30",
+        "how long a client may take to send one request (line, headers and body) "
+        "from its first byte, seconds; then 408 and the connection is closed",
+    ),
     Option("max_body_bytes", _integer(1, 1 << 30), "1048576", "request body limit (413)"),
     Option("max_batch", _integer(1, 10_000_000), "10000", "measurements per request (413)"),
     Option("max_sensor_id", _integer(1, 65_536), "256", "characters per sensor id"),
+    Option(
+        "max_sensors",
+        _integer(1, 1_000_000_000),
+        "50000",
+        "sensors the embedded in-memory store keeps at most (507 beyond); "
+        "not used with etcd, whose quota bounds it",
+    ),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Option(
         "shutdown_timeout",

@@ -282,3 +282,20 @@ def test_sigterm_as_pid_1_drains_and_exits_0(tmp_path: Path) -> None:
             outer.wait(5)
         log.close()
     assert "all requests answered" in (tmp_path / "pid1.log").read_text()
+
+
+def test_the_sensor_cap_answers_507_and_a_delete_makes_room(tmp_path: Path) -> None:
+    def batch(*sensors: str) -> list[dict[str, object]]:
+        return [{**SAMPLE[0], "sensor": sensor} for sensor in sensors]
+
+    with start_service(args=["--max-sensors", "2"], log_dir=tmp_path) as svc:
+        assert svc.post("/data", batch("a", "b")).status == 204
+        refused = svc.post("/data", batch("a", "c"))
+        assert refused.status == 507
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json["limit"] == 2
+        assert svc.get("/statistics/a").json["count"] == 1  # nothing of it was stored
+        assert svc.get("/healthz").status == 204  # full is not unhealthy
+        assert svc.delete("/statistics/b").status == 204
+        assert svc.post("/data", batch("a", "c")).status == 204
+        assert "at most 2 sensors" in svc.log()

@@ -6,6 +6,8 @@ error under test, so each mapping is checked on its own, apart from the routes.
 
 from __future__ import annotations
 
+import json
+
 import falcon
 import pytest
 from falcon import testing
@@ -16,6 +18,7 @@ from sensorstats.errors import (
     InvalidBatch,
     InvalidSensorId,
     PayloadTooLarge,
+    StoreFull,
     StoreUnavailable,
 )
 from sensorstats.problems import PROBLEM_JSON, Problem
@@ -155,4 +158,28 @@ def test_a_problem_carries_its_type_headers_and_extensions():
         "detail": "température déjà prise",
         "sensor": "温度",
         "attempts": 3,
+    }
+
+
+def test_a_full_store_is_507_naming_its_limit():
+    result = raising(StoreFull("the store keeps at most 50000 sensors", limit=50_000))
+    assert result.status_code == 507
+    assert result.headers["content-type"] == PROBLEM_JSON
+    assert result.json == {
+        "type": "urn:sensorstats:problem:store-full",
+        "title": "Store full",
+        "status": 507,
+        "detail": "the store keeps at most 50000 sensors",
+        "limit": 50_000,
+    }
+
+
+def test_a_problem_document_outside_falcon_has_the_same_members():
+    body = problems.document(431, "too long", extensions={"limit": 16384})
+    assert json.loads(body) == {
+        "type": "about:blank",
+        "title": "Request Header Fields Too Large",
+        "status": 431,
+        "detail": "too long",
+        "limit": 16384,
     }

@@ -30,9 +30,13 @@ EXAMPLES = {
     "etcd_max_txn_ops": ("1024", 1024),
     "write_timeout": ("30", 30.0),
     "threads": ("4", 4),
+    "connection_limit": ("10000", 10_000),
+    "idle_timeout": ("620", 620.0),
+    "receive_timeout": ("2.5", 2.5),
     "max_body_bytes": ("4096", 4096),
     "max_batch": ("20", 20),
     "max_sensor_id": ("64", 64),
+    "max_sensors": ("1000000", 1_000_000),
     "log_level": ("debug", "DEBUG"),
     "shutdown_timeout": ("3.5", 3.5),
     "drain_delay": ("2", 2.0),
@@ -90,6 +94,10 @@ def test_defaults():
     assert settings.max_batch == 10_000
     assert settings.max_sensor_id == 256
     assert settings.log_level == "INFO"
+    assert settings.connection_limit == 2048
+    assert settings.idle_timeout == 75.0
+    assert settings.receive_timeout == 30.0
+    assert settings.max_sensors == 50_000
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -170,6 +178,14 @@ BAD_VALUES = [
     pytest.param("shutdown_timeout", "-1", id="shutdown-timeout-negative"),
     pytest.param("drain_delay", "soon", id="drain-delay-words"),
     pytest.param("drain_delay", "-1", id="drain-delay-negative"),
+    pytest.param("connection_limit", "0", id="connection-limit-0"),
+    pytest.param("connection_limit", "lots", id="connection-limit-words"),
+    pytest.param("idle_timeout", "0", id="idle-timeout-0"),
+    pytest.param("idle_timeout", "nan", id="idle-timeout-nan"),
+    pytest.param("receive_timeout", "0", id="receive-timeout-0"),
+    pytest.param("receive_timeout", "inf", id="receive-timeout-inf"),
+    pytest.param("max_sensors", "0", id="max-sensors-0"),
+    pytest.param("max_sensors", "1e6", id="max-sensors-float"),
 ]
 
 
