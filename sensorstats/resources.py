@@ -14,8 +14,23 @@ from sensorstats.store import Store
 
 STATISTICS_PREFIX = "/statistics/"
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
-class DataResource:
+
+class Resource:
+    """What every resource answers alike: ``OPTIONS`` is 204 with ``Allow`` (CONTRACT §1).
+
+    Falcon's own OPTIONS answers 200; HEAD is served by each resource's
+    ``on_head = on_get``, and falcon drops the body but keeps the headers.
+    """
+
+    def on_options(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+        allowed = [m for m in _METHODS if hasattr(self, f"on_{m.lower()}")]
+        resp.status = falcon.HTTP_204
+        resp.set_header("Allow", ", ".join([*allowed, "OPTIONS"]))
+
+
+class DataResource(Resource):
     """``POST /data``: validate a batch as a whole, then store it."""
 
     def __init__(self, store: Store, limits: Limits, max_body_bytes: int) -> None:
@@ -40,7 +55,7 @@ class DataResource:
         return body
 
 
-class StatisticsResource:
+class StatisticsResource(Resource):
     """``GET`` and ``DELETE /statistics/{sensor_id}``; the id is the rest of the path."""
 
     def __init__(self, store: Store, limits: Limits) -> None:
@@ -51,6 +66,8 @@ class StatisticsResource:
         stats = self._store.get(self._sensor(req, sensor_id))
         resp.data = json.dumps(stats.as_json(), ensure_ascii=False).encode()
         resp.content_type = falcon.MEDIA_JSON
+
+    on_head = on_get
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, sensor_id: str) -> None:
         self._store.delete(self._sensor(req, sensor_id))
@@ -76,28 +93,35 @@ class StatisticsResource:
         return sensor
 
 
-class HealthResource:
-    """``GET /healthz``: 204 while ready to serve, 503 otherwise (never 200)."""
+class HealthResource(Resource):
+    """``GET /healthz``: 204 while ready to serve, 503 otherwise (never 200).
+
+    Served on the server's event loop: `Readiness.status` never waits on the store.
+    """
 
     def __init__(self, readiness: Readiness) -> None:
         self._readiness = readiness
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self._readiness.is_ready():
+        ready, reason = self._readiness.status()
+        if ready:
             resp.status = falcon.HTTP_204
             return
-        detail = "draining for shutdown" if self._readiness.draining else "the store is unreachable"
         raise Problem(
             falcon.HTTP_503,
             type_uri="urn:sensorstats:problem:not-ready",
             title="Not ready",
-            detail=detail,
+            detail=reason,
             headers={"Retry-After": "1"},
         )
 
+    on_head = on_get
 
-class LiveResource:
+
+class LiveResource(Resource):
     """``GET /livez``: 204 while the process serves; never asks the store."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.status = falcon.HTTP_204
+
+    on_head = on_get

@@ -451,3 +451,85 @@ def test_livez_is_204_without_asking_the_store():
     assert result.status_code == 204
     assert result.text == ""
     assert store.calls == []
+
+
+def test_healthz_says_why_it_is_not_ready():
+    store = FailingStore(StoreUnavailable("etcd has no leader"))
+    document = assert_problem(client_with(store).simulate_get("/healthz"), 503)
+    assert "etcd has no leader" in document["detail"]
+
+
+# --- HEAD and OPTIONS (CONTRACT §1) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "url"),
+    [
+        pytest.param(None, "/statistics/abc", id="statistics"),
+        pytest.param(None, "/statistics/%01", id="statistics-invalid-id"),
+        pytest.param(None, "/healthz", id="healthz"),
+        pytest.param(FailingStore(UNAVAILABLE), "/healthz", id="healthz-not-ready"),
+        pytest.param(FailingStore(UNAVAILABLE), "/statistics/abc", id="store-unavailable"),
+        pytest.param(None, "/livez", id="livez"),
+        pytest.param(None, "/nowhere", id="unknown-route"),
+    ],
+)
+def test_head_answers_as_get_does_without_a_body(store, url):
+    client = client_with(store)
+    client.simulate_post("/data", json=SAMPLE)
+    get = client.simulate_get(url)
+    head = client.simulate_head(url)
+    assert head.status_code == get.status_code
+    assert head.content == b""
+    assert dict(head.headers) == dict(get.headers)
+    if get.content:
+        assert head.headers["content-length"] == str(len(get.content))
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("/data", {"POST", "OPTIONS"}),
+        ("/statistics/abc", {"GET", "HEAD", "DELETE", "OPTIONS"}),
+        ("/healthz", {"GET", "HEAD", "OPTIONS"}),
+        ("/livez", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_options_is_204_with_allow_and_405_names_the_same(client, url, allowed):
+    options = client.simulate_options(url)
+    assert options.status_code == 204
+    assert options.content == b""
+    assert "content-type" not in options.headers
+    assert {m.strip() for m in options.headers["allow"].split(",")} == allowed
+    wrong = client.simulate_request("PATCH", url)
+    assert wrong.status_code == 405
+    assert {m.strip() for m in wrong.headers["allow"].split(",")} == allowed
+
+
+def test_options_never_touches_the_store():
+    store = FailingStore(UNAVAILABLE)
+    assert client_with(store).simulate_options("/statistics/abc").status_code == 204
+    assert store.calls == []
+
+
+# --- the size of the embedded store ------------------------------------------------
+
+
+def test_a_full_store_refuses_new_sensors_with_507_and_keeps_the_rest():
+    client = client_with(MemoryStore(max_sensors=2))
+    two = [measurement("a", 1), measurement("b", 2)]
+    assert client.simulate_post("/data", json=two).status_code == 204
+    refused = client.simulate_post("/data", json=[measurement("a", 3), measurement("c", 4)])
+    document = assert_problem(refused, 507)
+    assert document["type"] == "urn:sensorstats:problem:store-full"
+    assert document["limit"] == 2
+    assert "SENSORSTATS_MAX_SENSORS" in document["detail"]
+    # Rejected whole: "a" did not count the 3.
+    assert client.simulate_get(path("a")).json["count"] == 1
+    assert client.simulate_get(path("c")).json["count"] == 0
+    # Existing sensors keep accepting measurements...
+    assert client.simulate_post("/data", json=[measurement("b", 5)]).status_code == 204
+    # ...and a delete makes room.
+    assert client.simulate_delete(path("a")).status_code == 204
+    assert client.simulate_post("/data", json=[measurement("c", 4)]).status_code == 204
+    assert client.simulate_get(path("c")).json["count"] == 1

@@ -1,17 +1,20 @@
 """Readiness: a store check cached for its TTL, and draining that always wins.
 
 Time is a fake clock the tests move by hand; the store is a fake that counts
-its checks and fails on demand.
+its checks and fails on demand. Without `start`, checks happen on demand;
+with it, a background thread keeps the answer fresh and `status` never waits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
 
 import pytest
 
 from sensorstats.errors import StoreUnavailable
-from sensorstats.readiness import CHECK_TTL_SECONDS, Readiness
+from sensorstats.readiness import CHECK_TTL_SECONDS, STALE_AFTER_SECONDS, Readiness
 from sensorstats.stats import EMPTY, Stats
 
 
@@ -168,3 +171,96 @@ def test_a_store_check_that_raises_anything_means_not_ready(
     readiness = Readiness(BrokenStore(), clock=clock)
     assert readiness.is_ready() is False
     assert "store check failed unexpectedly" in caplog.text
+
+
+def test_the_reason_names_the_store_failure(readiness, store):
+    store.down = True
+    assert readiness.status() == (False, "the store is unavailable: etcd is unreachable")
+    readiness.start_draining()
+    assert readiness.status() == (False, "draining for shutdown")
+
+
+# --- kept fresh in the background ---------------------------------------------------
+
+
+class HangingStore(CheckedStore):
+    """A store whose check blocks until released, as a frozen etcd would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def check(self) -> None:
+        self.checks += 1
+        self.entered.set()
+        self.release.wait(10)
+
+
+def wait_for(condition, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def started(store) -> Iterator[Readiness]:
+    readiness = Readiness(store, ttl=0.05)
+    readiness.start()
+    yield readiness
+    readiness.stop()
+
+
+def test_started_readiness_checks_in_the_background(started, store):
+    wait_for(lambda: store.checks >= 3)
+    assert started.is_ready()
+    store.down = True
+    wait_for(lambda: not started.is_ready())
+    store.down = False
+    wait_for(started.is_ready)
+
+
+def test_started_readiness_never_waits_for_the_store(clock):
+    store = HangingStore()
+    readiness = Readiness(store, ttl=1.0, clock=clock)
+    readiness.start()
+    try:
+        assert store.entered.wait(5)
+        started = time.monotonic()
+        assert readiness.status() == (False, "the store has not been checked yet")
+        assert time.monotonic() - started < 0.5  # not the 10 s the check hangs
+    finally:
+        store.release.set()
+        readiness.stop()
+
+
+def test_a_check_that_hangs_makes_the_answer_stale(clock):
+    store = HangingStore()
+    store.release.set()  # the first check answers
+    readiness = Readiness(store, ttl=0.05, clock=clock)
+    readiness.start()
+    try:
+        wait_for(lambda: store.checks >= 1 and readiness.is_ready())
+        store.release.clear()  # from now on checks hang
+        store.entered.clear()
+        assert store.entered.wait(5)
+        clock.advance(STALE_AFTER_SECONDS - 0.1)
+        assert readiness.is_ready()  # the last answer is still recent enough
+        clock.advance(1.0)
+        ready, reason = readiness.status()
+        assert not ready
+        assert "has not completed for" in reason
+    finally:
+        store.release.set()
+        readiness.stop()
+
+
+def test_stop_ends_the_background_checks(store):
+    readiness = Readiness(store, ttl=0.01)
+    readiness.start()
+    wait_for(lambda: store.checks >= 2)
+    readiness.stop()
+    checks = store.checks
+    time.sleep(0.1)
+    assert store.checks == checks
