@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sensorstats.app import create_app
 from sensorstats.logs import configure_logging
 from sensorstats.readiness import Readiness
-from sensorstats.server import Server
+from sensorstats.server import Server, ensure_descriptors
 from sensorstats.settings import SettingsError, load_settings
 from sensorstats.store.factory import open_store
 
@@ -20,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the service: exit status 0 after a drain, 1 if it cannot listen, 2 for bad settings."""
     try:
         settings = load_settings(argv)
+        ensure_descriptors(settings.connection_limit)
     except SettingsError as error:
         print(f"sensorstats: error: {error}", file=sys.stderr)
         return 2

@@ -14,11 +14,14 @@ from sensorstats.resources import (
     HealthResource,
     LiveResource,
     StatisticsResource,
+    server_options,
 )
 from sensorstats.settings import Settings
 from sensorstats.store import Store
 
 ROUTES = ("/data", "/statistics/{sensor_id:path}", "/healthz", "/livez")
+# The request target "*" (RFC 9110 §7.1), which only OPTIONS may use.
+ASTERISK = r"^\*$"
 
 
 def create_app(
@@ -34,4 +37,5 @@ def create_app(
     app.add_route(statistics, StatisticsResource(store, limits))
     app.add_route(health, HealthResource(readiness))
     app.add_route(live, LiveResource())
+    app.add_sink(server_options, ASTERISK)
     return app

@@ -14,7 +14,10 @@ QUEUE_LOGGER = "waitress.queue"
 # One warning per request answered 503 because the store is unavailable: the
 # same flood during an etcd outage.
 UNAVAILABLE_LOGGER = "sensorstats.unavailable"
-SUMMARISED_LOGGERS = (QUEUE_LOGGER, UNAVAILABLE_LOGGER)
+# One warning per connection displaced or refused at the connection limit:
+# a flood exactly when someone opens connections by the thousand.
+CONNECTIONS_LOGGER = "sensorstats.connections"
+SUMMARISED_LOGGERS = (QUEUE_LOGGER, UNAVAILABLE_LOGGER, CONNECTIONS_LOGGER)
 REPORT_INTERVAL_SECONDS = 10.0
 
 

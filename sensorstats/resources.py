@@ -30,6 +30,14 @@ class Resource:
         resp.set_header("Allow", ", ".join([*allowed, "OPTIONS"]))
 
 
+def server_options(req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+    """``OPTIONS *``: what the server as a whole supports (RFC 9110 §9.3.7)."""
+    if req.method != "OPTIONS":
+        raise Problem(falcon.HTTP_400, detail="only OPTIONS may ask about '*'")
+    resp.status = falcon.HTTP_204
+    resp.set_header("Allow", "GET, HEAD, POST, DELETE, OPTIONS")
+
+
 class DataResource(Resource):
     """``POST /data``: validate a batch as a whole, then store it."""
 

@@ -9,11 +9,16 @@ container runtime, also as PID 1, or SIGINT) drains the instance:
 3. requests already received are answered and their responses flushed,
    for at most ``shutdown_timeout``;
 4. `serve` returns and the process exits 0.
+
+From SIGTERM on, every response closes its connection, so keep-alive
+clients move to other instances. How connections themselves are handled
+(limits, timeouts, probes on the loop, error answers) is in `connections`.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import select
 import signal
 import threading
@@ -22,23 +27,54 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-import waitress
 from waitress import wasyncore
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
+from sensorstats.connections import (
+    HEADER_LIMIT_BYTES,
+    ConnectionPolicy,
+    ConnectionServer,
+    ReceiveBudget,
+)
 from sensorstats.readiness import Readiness
-from sensorstats.settings import Settings
+from sensorstats.settings import Settings, SettingsError
 
 _log = logging.getLogger(__name__)
 
 # How often the event loop wakes up to look at the drain state when idle.
 _LOOP_TICK_SECONDS = 0.2
 
-# Bodies far past our own limit are cut off by waitress itself, before they are
-# buffered to disk; its 413 is plain text. Bodies between our limit and this
-# one get our problem document.
+# Our parser refuses a body over our limit, counting de-chunked bytes. Waitress
+# counts the raw bytes of a chunked body, framing included, against its own
+# limit: far above ours, so that only absurd framing reaches it.
 _WAITRESS_BODY_LIMIT_FACTOR = 16
+
+# File descriptors besides one per connection: the listener, the event loop's
+# trigger, etcd's gRPC channels, spooled request bodies, logs, the interpreter.
+DESCRIPTOR_RESERVE = 256
+
+
+def ensure_descriptors(connection_limit: int) -> None:
+    """Make sure the process may open enough files for `connection_limit` connections.
+
+    Raises the soft limit up to the hard one if needed; raises SettingsError
+    if even the hard limit is too low.
+    """
+    needed = connection_limit + DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise SettingsError(
+            f"SENSORSTATS_CONNECTION_LIMIT ({connection_limit}) needs about {needed} open "
+            f"files, but the process may open at most {hard} (ulimit -n); lower the "
+            f"connection limit or raise the limit"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    _log.info("raised the open-file limit from %d to %d for the connection limit", soft, needed)
 
 
 class Server:
@@ -48,20 +84,38 @@ class Server:
         self._settings = settings
         self._readiness = readiness
         self._stop_requested = threading.Event()
-        self._waitress = waitress.create_server(
-            app,
+        adjustments = Adjustments(
             host=settings.host,
             port=settings.port,
             threads=settings.threads,
             ident="sensorstats",
+            max_request_header_size=HEADER_LIMIT_BYTES,
             max_request_body_size=max(
                 settings.max_body_bytes * _WAITRESS_BODY_LIMIT_FACTOR, 16 << 20
             ),
+            connection_limit=settings.connection_limit,
             expose_tracebacks=False,
         )
-        # A MultiSocketServer (several listen addresses) keeps its map as
-        # `map`; a single TcpWSGIServer as `_map`.
-        self._map: dict[int, Any] = getattr(self._waitress, "map", None) or self._waitress._map
+        self._dispatcher = ThreadedTaskDispatcher()
+        policy = ConnectionPolicy.from_settings(settings)
+        budget = ReceiveBudget(policy.receive_budget)
+        self._map: dict[int, Any] = {}
+        try:
+            # What `waitress.create_server` does, with our server class.
+            for sockinfo in adjustments.listen:
+                ConnectionServer(
+                    app,
+                    self._map,
+                    dispatcher=self._dispatcher,
+                    adj=adjustments,
+                    sockinfo=sockinfo,
+                    policy=policy,
+                    budget=budget,
+                )
+        except OSError:
+            wasyncore.close_all(self._map)
+            raise
+        self._dispatcher.set_thread_count(settings.threads)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -83,11 +137,22 @@ class Server:
 
     def serve(self) -> None:
         """Serve until a stop is requested and the drain has finished."""
+        # /healthz is answered on the event loop: readiness must be kept
+        # fresh in the background, never checked while a probe waits.
+        self._readiness.start()
+        try:
+            self._serve()
+        finally:
+            self._readiness.stop()
+
+    def _serve(self) -> None:
         for host, port in self.addresses:
             _log.info("serving on http://%s:%s", host, port)
         self._loop_until(self._stop_requested.is_set)
 
         self._readiness.start_draining()
+        for listener in self._listeners():
+            listener.draining = True  # every answer from now on closes its connection
         _log.info(
             "stop requested: /healthz now answers 503; closing the listener in %.1f s",
             self._settings.drain_delay,
@@ -110,7 +175,7 @@ class Server:
             _log.warning("shutdown timeout: abandoning %d unfinished connection(s)", unfinished)
         else:
             _log.info("all requests answered; exiting")
-        self._waitress.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+        self._dispatcher.shutdown(cancel_pending=True, timeout=1)
         wasyncore.close_all(self._map)
 
     def _loop_until(self, done: Callable[[], bool]) -> None:
@@ -118,15 +183,17 @@ class Server:
             wasyncore.loop(timeout=_LOOP_TICK_SECONDS, map=self._map, use_poll=True, count=1)
 
     @staticmethod
-    def _accept_backlog(listener: BaseWSGIServer) -> None:
+    def _accept_backlog(listener: ConnectionServer) -> None:
         """Accept connections the kernel completed but we have not taken yet.
 
         Closing a listener resets them; their clients already sent requests.
         """
-        while select.select([listener.socket], [], [], 0)[0]:
+        waiting = select.poll()  # not select(): descriptors may be past 1024
+        waiting.register(listener.socket, select.POLLIN)
+        while waiting.poll(0):
             listener.handle_accept()
 
-    def _listeners(self) -> list[BaseWSGIServer]:
+    def _listeners(self) -> list[ConnectionServer]:
         return [d for d in self._map.values() if isinstance(d, BaseWSGIServer)]
 
     def _busy_channels(self) -> int:

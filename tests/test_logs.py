@@ -1,4 +1,4 @@
-"""Logging: waitress's queue-depth warnings are summarised, one line per interval."""
+"""Logging: floods of one warning (queue depth, outages, the connection limit) are summarised."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from sensorstats.logs import (
+    CONNECTIONS_LOGGER,
     QUEUE_LOGGER,
     SUMMARISED_LOGGERS,
     UNAVAILABLE_LOGGER,
@@ -133,7 +134,7 @@ def restored_logging() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restored_logging")
-@pytest.mark.parametrize("name", [QUEUE_LOGGER, UNAVAILABLE_LOGGER])
+@pytest.mark.parametrize("name", [QUEUE_LOGGER, UNAVAILABLE_LOGGER, CONNECTIONS_LOGGER])
 def test_configure_logging_sets_the_level_and_summarises_floods_once(lines, name):
     configure_logging("WARNING")
     configure_logging("DEBUG")

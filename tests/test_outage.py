@@ -1,0 +1,139 @@
+"""An etcd outage as clients see it: probes keep answering, writes fail fast, all recovers.
+
+A real etcd is frozen with SIGSTOP (connections stay open, nothing answers,
+as with a hung node or a partition) while real clients post to a real
+`python -m sensorstats`. Timing bounds show the absence of a hang; they are
+seconds, not milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.etcd_process import EtcdProcess, start_etcd
+from tests.service import Response, Service, request, start_service
+
+PROBE_BOUND_SECONDS = 2.0
+FAIL_FAST_SECONDS = 0.5
+# Longer than the probe bound: a probe queued behind the posts would miss it.
+WRITE_TIMEOUT = 3.0
+BATCH = json.dumps([{"sensor": "outage", "timestamp": "2021-11-09T21:38:09Z", "value": 1}])
+
+
+@pytest.fixture(scope="module")
+def member(etcd_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
+    with start_etcd(tmp_path_factory.mktemp("etcd")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def service(member: EtcdProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with start_service(
+        env={"SENSORSTATS_ETCD_ENDPOINTS": member.url},
+        args=[
+            *("--etcd-timeout", "1"),
+            *("--write-timeout", str(WRITE_TIMEOUT)),
+            *("--etcd-prefix", "/outage/"),
+        ],
+        log_dir=tmp_path_factory.mktemp("logs"),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def paused(member: EtcdProcess, service: Service) -> Iterator[EtcdProcess]:
+    """etcd frozen for the test's duration; the service healthy before and after."""
+    wait_until(lambda: service.get("/healthz").status == 204, within=15)
+    member.pause()
+    try:
+        yield member
+    finally:
+        member.resume()
+    wait_until(lambda: service.get("/healthz").status == 204, within=15)
+
+
+def wait_until(condition, within: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s")
+        time.sleep(0.1)
+
+
+def timed(call) -> tuple[Response, float]:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - started
+
+
+def test_probes_answer_while_every_worker_waits_on_a_paused_etcd(
+    service: Service, paused: EtcdProcess
+) -> None:
+    # 48 clients posting: 16 hold every worker thread for the write
+    # deadline, the others queue behind them.
+    posting = ThreadPoolExecutor(max_workers=48)
+    started = threading.Event()
+
+    def post() -> int:
+        started.set()
+        return service.post("/data", BATCH, timeout=30).status
+
+    try:
+        posts = [posting.submit(post) for _ in range(48)]
+        started.wait(5)
+        time.sleep(0.5)  # let them reach the workers and the queue
+        live, live_took = timed(lambda: service.get("/livez", timeout=10))
+        health, health_took = timed(lambda: service.get("/healthz", timeout=10))
+        head, head_took = timed(lambda: request(service.url, "HEAD", "/livez", timeout=10))
+        statuses = [p.result(timeout=30) for p in posts]
+    finally:
+        posting.shutdown(wait=True)
+    assert (live.status, head.status) == (204, 204)
+    assert live_took < PROBE_BOUND_SECONDS
+    assert head_took < PROBE_BOUND_SECONDS
+    # Readiness is as old as the last check (about a second), so it may not
+    # have noticed yet; but it answers at once, and notices soon.
+    assert health.status in (204, 503)
+    assert health_took < PROBE_BOUND_SECONDS
+    wait_until(lambda: service.get("/healthz", timeout=PROBE_BOUND_SECONDS).status == 503, 10)
+    assert set(statuses) == {503}
+
+
+def test_the_breaker_opens_fails_fast_and_closes_again(
+    service: Service, paused: EtcdProcess
+) -> None:
+    earlier_log = len(service.log())
+    # Consecutive failures open the breaker: a burst of posts that each wait
+    # out the write deadline...
+    with ThreadPoolExecutor(max_workers=8) as posting:
+        burst = list(posting.map(lambda _: service.post("/data", BATCH, timeout=30), range(8)))
+    assert {answer.status for answer in burst} == {503}
+    # ...then requests fail at once, without waiting for the store.
+    answer, took = timed(lambda: service.post("/data", BATCH))
+    assert (answer.status, took < FAIL_FAST_SECONDS) == (503, True)
+    assert "circuit breaker" in answer.json["detail"]
+    assert int(answer.headers["retry-after"]) >= 1
+    for call in (
+        lambda: service.post("/data", BATCH),
+        lambda: service.get("/statistics/outage"),
+        lambda: service.delete("/statistics/outage"),
+    ):
+        refused, took = timed(call)
+        assert refused.status == 503
+        assert took < FAIL_FAST_SECONDS
+    # Readiness shows it once its cached answer (about a second old) is renewed.
+    wait_until(lambda: "circuit breaker" in service.get("/healthz").json["detail"], within=5)
+
+    paused.resume()
+    # A trial call closes it within a few of its short intervals.
+    wait_until(lambda: service.post("/data", BATCH).status == 204, within=15)
+    wait_until(lambda: service.get("/healthz").status == 204, within=15)
+    log = service.log()[earlier_log:]
+    assert log.count("circuit breaker open:") == 1
+    assert log.count("circuit breaker closed:") == 1
