@@ -1,7 +1,7 @@
-"""Offline checks of the deployment files: Dockerfile, .dockerignore, kube/ and kube-edge/.
+"""Offline checks of the deployment files: Dockerfile, .dockerignore, kube/ and kube/edge/.
 
 The manifest a reviewer applies is kube/sensorstats.yaml, the whole system in
-one file; the edge profile is the kustomize overlay kube-edge/, rendered here
+one file; the edge profile is the kustomize overlay kube/edge/, rendered here
 with the pinned kubectl's built-in kustomize. Linters (hadolint,
 kubernetes-validate, yamllint) catch what is malformed; the semantic tests,
 run on both profiles, catch manifests that are well-formed but would not work
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "kube"
 # The one file `kubectl apply -f` takes: etcd, the app, Services, budgets, policy.
 MANIFEST = KUBE / "sensorstats.yaml"
-EDGE = ROOT / "kube-edge"
+EDGE = KUBE / "edge"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 YAMLLINT_CONFIG = ROOT / ".yamllint"
@@ -138,7 +138,7 @@ def test_the_edge_rendering_is_valid_kubernetes_objects(edge_rendering: Path, wh
 
 def test_yaml_files_pass_yamllint() -> None:
     command = _python_module("yamllint")
-    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/", "kube-edge/", ".yamllint"]
+    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/base/", "kube/edge/", ".yamllint"]
     result = _run([*command, *args])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -154,7 +154,10 @@ def _key(manifest: Manifest) -> tuple[str, str]:
 def test_kube_holds_exactly_one_manifest() -> None:
     """`kubectl apply -f kube/sensorstats.yaml` alone deploys everything: no second file."""
     kinds = {path.name: _load(path.read_text())[0]["kind"] for path in KUBE.glob("*.yaml")}
-    assert kinds == {"sensorstats.yaml": "Service", "kustomization.yaml": "Kustomization"}
+    assert kinds == {"sensorstats.yaml": "Service"}
+    # A link to the kustomize base's copy, so that both read the same bytes.
+    assert MANIFEST.is_symlink()
+    assert MANIFEST.resolve() == (KUBE / "base" / "sensorstats.yaml").resolve()
     assert sorted(map(_key, _load(MANIFEST.read_text()))) == [
         ("Deployment", "sensorstats"),
         ("NetworkPolicy", "etcd"),
@@ -168,8 +171,8 @@ def test_kube_holds_exactly_one_manifest() -> None:
 
 
 def test_the_kustomize_base_is_the_manifest_unchanged() -> None:
-    """kube-edge/ patches exactly what `kubectl apply -f kube/sensorstats.yaml` applies."""
-    rendered = sorted(_load(_kustomize(KUBE)), key=_key)
+    """kube/edge/ patches exactly what `kubectl apply -f kube/sensorstats.yaml` applies."""
+    rendered = sorted(_load(_kustomize(KUBE / "base")), key=_key)
     assert rendered == sorted(_load(MANIFEST.read_text()), key=_key)
 
 
