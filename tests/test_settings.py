@@ -287,3 +287,19 @@ def test_an_endpoints_url_reads_back_as_the_same_endpoint(endpoint):
 def test_an_endpoint_url_has_its_scheme():
     assert str(EtcdEndpoint("etcd-0", 2379)) == "http://etcd-0:2379"
     assert str(EtcdEndpoint("etcd-0", 2379, secure=True)) == "https://etcd-0:2379"
+
+
+def test_the_readme_configuration_table_lists_every_option_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")
+        for line in readme.splitlines()
+        if line.startswith("| `SENSORSTATS_")
+    }
+    for option in OPTIONS:
+        assert option.env in rows, f"{option.env} is missing from README.md's Configuration table"
+        row = rows[option.env]
+        assert row[2].strip(" `") == option.flag
+        assert row[3].strip(" `") == (option.default or "unset"), f"{option.env}: default"
