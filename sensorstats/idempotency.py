@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from sensorstats.stats import Stats
 
 MAX_KEY_LENGTH = 255
+# How long a key is remembered by default; see README, "Capacity".
+DEFAULT_WINDOW_SECONDS = 600
 # RFC 8941 sf-string contents: printable ASCII, with \" and \\ escapes.
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 # A bare key: printable ASCII without spaces, quotes or backslashes.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -16,6 +18,7 @@ from sensorstats.errors import (
     StoreFull,
     StoreUnavailable,
 )
+from sensorstats.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from sensorstats.logs import UNAVAILABLE_LOGGER
 
 PROBLEM_JSON = "application/problem+json"
@@ -85,62 +88,60 @@ def _default_detail(req: falcon.Request, status: int) -> str:
     return HTTPStatus(status).description
 
 
-def _invalid_batch(
-    req: falcon.Request, resp: falcon.Response, error: InvalidBatch, params: Any
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How one known error type becomes a problem document."""
+
+    status: str
+    name: str  # the problem type is urn:sensorstats:problem:<name>
+    title: str
+    extensions: Callable[[Any], dict[str, Any] | None] = lambda error: None
+    headers: Callable[[Any], dict[str, str] | None] = lambda error: None
+
+
+def _field_errors(error: InvalidBatch) -> dict[str, Any] | None:
     errors = [{"index": e.index, "field": e.field, "message": e.message} for e in error.errors]
-    raise Problem(
-        falcon.HTTP_400,
-        type_uri="urn:sensorstats:problem:invalid-batch",
-        title="Invalid batch",
-        detail=error.detail,
-        extensions={"errors": errors} if errors else None,
-    )
+    return {"errors": errors} if errors else None
 
 
-def _payload_too_large(
-    req: falcon.Request, resp: falcon.Response, error: PayloadTooLarge, params: Any
-) -> None:
-    raise Problem(
-        falcon.HTTP_413,
-        type_uri="urn:sensorstats:problem:payload-too-large",
-        title="Payload too large",
-        detail=error.detail,
-    )
-
-
-def _invalid_sensor_id(
-    req: falcon.Request, resp: falcon.Response, error: InvalidSensorId, params: Any
-) -> None:
-    raise Problem(
-        falcon.HTTP_400,
-        type_uri="urn:sensorstats:problem:invalid-sensor-id",
-        title="Invalid sensor id",
-        detail=error.detail,
-    )
-
-
-def _store_unavailable(
-    req: falcon.Request, resp: falcon.Response, error: StoreUnavailable, params: Any
-) -> None:
-    _unavailable_log.warning("%s %s: store unavailable: %s", req.method, req.path, error.detail)
-    raise Problem(
+KINDS: dict[type[Exception], _Kind] = {
+    InvalidBatch: _Kind(falcon.HTTP_400, "invalid-batch", "Invalid batch", _field_errors),
+    PayloadTooLarge: _Kind(falcon.HTTP_413, "payload-too-large", "Payload too large"),
+    InvalidSensorId: _Kind(falcon.HTTP_400, "invalid-sensor-id", "Invalid sensor id"),
+    InvalidIdempotencyKey: _Kind(
+        falcon.HTTP_400, "invalid-idempotency-key", "Invalid Idempotency-Key"
+    ),
+    IdempotencyKeyReused: _Kind(
+        falcon.HTTP_422, "idempotency-key-reused", "Idempotency-Key reused with another payload"
+    ),
+    StoreFull: _Kind(
+        falcon.HTTP_507, "store-full", "Store full", lambda error: {"limit": error.limit}
+    ),
+    StoreUnavailable: _Kind(
         falcon.HTTP_503,
-        type_uri="urn:sensorstats:problem:store-unavailable",
-        title="Store unavailable",
-        detail=error.detail,
-        headers={"Retry-After": str(error.retry_after)},
-    )
+        "store-unavailable",
+        "Store unavailable",
+        headers=lambda error: {"Retry-After": str(error.retry_after)},
+    ),
+}
 
 
-def _store_full(req: falcon.Request, resp: falcon.Response, error: StoreFull, params: Any) -> None:
-    raise Problem(
-        falcon.HTTP_507,
-        type_uri="urn:sensorstats:problem:store-full",
-        title="Store full",
-        detail=error.detail,
-        extensions={"limit": error.limit},
-    )
+def _handler(kind: _Kind) -> Callable[[falcon.Request, falcon.Response, Any, Any], None]:
+    def handle(req: falcon.Request, resp: falcon.Response, error: Any, params: Any) -> None:
+        if isinstance(error, StoreUnavailable):
+            _unavailable_log.warning(
+                "%s %s: store unavailable: %s", req.method, req.path, error.detail
+            )
+        raise Problem(
+            kind.status,
+            type_uri=f"urn:sensorstats:problem:{kind.name}",
+            title=kind.title,
+            detail=error.detail,
+            headers=kind.headers(error),
+            extensions=kind.extensions(error),
+        )
+
+    return handle
 
 
 def _unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
@@ -155,8 +156,6 @@ def register(app: falcon.App[Any, Any]) -> None:
     """Map every known error type to its problem document on `app`."""
     app.set_error_serializer(serialize_problem)
     app.add_error_handler(Exception, _unexpected)
-    app.add_error_handler(InvalidBatch, _invalid_batch)
-    app.add_error_handler(PayloadTooLarge, _payload_too_large)
-    app.add_error_handler(InvalidSensorId, _invalid_sensor_id)
-    app.add_error_handler(StoreUnavailable, _store_unavailable)
-    app.add_error_handler(StoreFull, _store_full)
+    # Falcon picks the handler of the most specific type in an error's MRO.
+    for error_type, kind in KINDS.items():
+        app.add_error_handler(error_type, _handler(kind))

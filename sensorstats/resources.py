@@ -8,6 +8,7 @@ import falcon
 
 from sensorstats.batch import Limits, parse_batch, sensor_id_problem
 from sensorstats.errors import InvalidSensorId, PayloadTooLarge
+from sensorstats.idempotency import IdempotencyKey, fingerprint, parse_key_header
 from sensorstats.problems import Problem
 from sensorstats.readiness import Readiness
 from sensorstats.store import Store
@@ -47,9 +48,15 @@ class DataResource(Resource):
         self._max_body_bytes = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        header = req.get_header("Idempotency-Key")
+        client_key = None if header is None else parse_key_header(header)
         deltas = parse_batch(self._read_body(req), self._limits)
         if deltas:
-            self._store.apply(deltas)
+            key = None
+            if client_key is not None:
+                # One scope: without tokens, nothing tells clients apart.
+                key = IdempotencyKey("", client_key, fingerprint(deltas))
+            self._store.apply(deltas, key)
         resp.status = falcon.HTTP_204
 
     def _read_body(self, req: falcon.Request) -> bytes:

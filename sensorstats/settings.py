@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS
+
 ENV_PREFIX = "SENSORSTATS_"
 
 
@@ -58,6 +60,7 @@ class Settings:
     max_batch: int = 10_000
     max_sensor_id: int = 256
     max_sensors: int = 50_000
+    idempotency_ttl: float = DEFAULT_WINDOW_SECONDS
     log_level: str = "INFO"
     shutdown_timeout: float = 20.0
     drain_delay: float = 0.0
@@ -208,6 +211,12 @@ OPTIONS: tuple[Option, ...] = (
         "50000",
         "sensors the embedded in-memory store keeps at most (507 beyond); "
         "not used with etcd, whose quota bounds it",
+    ),
+    Option(
+        "idempotency_ttl",
+        _seconds(1, 7 * 86_400),
+        str(DEFAULT_WINDOW_SECONDS),
+        "how long a POST's Idempotency-Key is remembered, seconds (see README, Capacity)",
     ),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Option(

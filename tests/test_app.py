@@ -16,6 +16,7 @@ from falcon import testing
 
 from sensorstats.app import create_app
 from sensorstats.errors import StoreUnavailable
+from sensorstats.idempotency import IdempotencyKey
 from sensorstats.readiness import Readiness
 from sensorstats.settings import Settings
 from sensorstats.stats import Stats
@@ -45,7 +46,7 @@ class FailingStore:
         self.error = error
         self.calls: list[str] = []
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         self.calls.append("apply")
         raise self.error
 

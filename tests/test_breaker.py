@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import pytest
 
 from sensorstats.errors import StoreFull, StoreUnavailable
+from sensorstats.idempotency import IdempotencyKey
 from sensorstats.stats import EMPTY, Stats
 from sensorstats.store.breaker import (
     CLOSED,
@@ -51,7 +52,7 @@ class FlakyStore:
         if self.failure is not None:
             raise self.failure
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         self._call()
 
     def get(self, sensor: str) -> Stats:

@@ -213,3 +213,12 @@ def wait_until_answers(client: EtcdClient, within: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_a_refusal_is_not_an_outage_but_an_unanswered_call_is() -> None:
+    full = describe_failure(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", "m", 1
+    )
+    assert full.outage is False
+    timeout = describe_failure(grpc.StatusCode.DEADLINE_EXCEEDED, "", "m", 1)
+    assert timeout.outage is True

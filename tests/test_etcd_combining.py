@@ -202,3 +202,21 @@ def test_two_instances_contending_on_one_sensor_lose_no_request(
     expected = [t + i / 64 for t in range(16) for i in range(40)]
     for instance in instances:
         assert instance.get("contended") == merged(expected)
+
+
+def test_contention_that_outlasts_the_deadline_is_not_an_outage(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    other = make_store()
+
+    def lose_the_race(call: Callable[[], Any]) -> Any:
+        other.apply({"raced": measured(1)})  # someone else always writes first
+        return call()
+
+    store = make_store(ScriptedClient(endpoints(etcd), then=lose_the_race), write_timeout=0.5)
+    with pytest.raises(StoreUnavailable) as raised:
+        store.apply({"raced": measured(2)})
+    assert "was not applied" in raised.value.detail
+    assert "contention" in raised.value.detail
+    # A circuit breaker must not stop calling a healthy etcd because of it.
+    assert raised.value.outage is False

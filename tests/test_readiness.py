@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.idempotency import IdempotencyKey
 from sensorstats.readiness import CHECK_TTL_SECONDS, STALE_AFTER_SECONDS, Readiness
 from sensorstats.stats import EMPTY, Stats
 
@@ -45,7 +46,7 @@ class CheckedStore:
         if self.down:
             raise StoreUnavailable("etcd is unreachable")
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         raise AssertionError("readiness must not write")
 
     def get(self, sensor: str) -> Stats:

@@ -37,6 +37,7 @@ EXAMPLES = {
     "max_batch": ("20", 20),
     "max_sensor_id": ("64", 64),
     "max_sensors": ("1000000", 1_000_000),
+    "idempotency_ttl": ("86400", 86_400.0),
     "log_level": ("debug", "DEBUG"),
     "shutdown_timeout": ("3.5", 3.5),
     "drain_delay": ("2", 2.0),

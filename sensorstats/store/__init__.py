@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from sensorstats.idempotency import IdempotencyKey
 from sensorstats.stats import Stats
 
 
@@ -17,10 +18,13 @@ class Store(Protocol):
 
     description: str  # for the start-up log line: what and where
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         """Merge each sensor's delta into its statistics, all or nothing where possible.
 
         When this returns, every later `get` on any instance sees the result.
+        With an idempotency `key`, a batch already applied under that key (same
+        fingerprint, within the idempotency window) is not applied again, and
+        one applied with another fingerprint raises `IdempotencyKeyReused`.
         """
 
     def get(self, sensor: str) -> Stats:

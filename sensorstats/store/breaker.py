@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.idempotency import IdempotencyKey
 from sensorstats.stats import Stats
 from sensorstats.store import Store
 
@@ -84,8 +85,8 @@ class BreakerStore:
 
     # --- the Store protocol ------------------------------------------------
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
-        self._call(lambda: self._store.apply(deltas))
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
+        self._call(lambda: self._store.apply(deltas, key))
 
     def get(self, sensor: str) -> Stats:
         return self._call(lambda: self._store.get(sensor))

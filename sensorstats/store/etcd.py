@@ -36,7 +36,7 @@ from typing import Any
 import etcd3.etcdrpc as rpc
 
 from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey
+from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
 from sensorstats.settings import Settings
 from sensorstats.stats import Stats
 from sensorstats.store.combining import PendingWrite, WriteCombiner
@@ -57,7 +57,6 @@ from sensorstats.store.etcd_writes import BatchCommitter
 from sensorstats.store.read_rounds import ReadRounds
 
 CACHE_SIZE = 10_000
-IDEMPOTENCY_TTL = 600.0  # see README, "Capacity"
 CHECK_TIMEOUT = 0.5
 # Transactions one instance keeps in flight at once, each carrying every
 # write that queued meanwhile: etcd batches concurrent proposals into one
@@ -82,7 +81,7 @@ class EtcdStore:
         cache_size: int = CACHE_SIZE,
         max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
         max_reads_in_flight: int = MAX_READS_IN_FLIGHT,
-        idempotency_ttl: float = IDEMPOTENCY_TTL,
+        idempotency_ttl: float = DEFAULT_WINDOW_SECONDS,
     ) -> None:
         if max_txn_ops < 2:
             raise ValueError("max_txn_ops must leave room for a sensor and the marker")
@@ -128,6 +127,7 @@ class EtcdStore:
             call_timeout=settings.etcd_timeout,
             write_timeout=settings.write_timeout,
             max_txn_ops=settings.etcd_max_txn_ops,
+            idempotency_ttl=settings.idempotency_ttl,
         )
 
     # --- the Store protocol ------------------------------------------------

@@ -82,7 +82,9 @@ class EtcdFailure(StoreUnavailable):
         suspect_member: bool = False,
         lease_missing: bool = False,
     ) -> None:
-        super().__init__(detail, retry_after)
+        # A refusal (quota, access, a bad request) shows that etcd answered:
+        # no reason for a circuit breaker to stop asking it.
+        super().__init__(detail, retry_after, outage=transient)
         self.outcome_unknown = outcome_unknown
         self.transient = transient
         self.suspect_member = suspect_member

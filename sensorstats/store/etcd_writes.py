@@ -160,7 +160,8 @@ class _Attempts:
         if not self.pending:
             return False
         self.seen = {key: current[key] for key in self._keys()}
-        self.last_failure = StoreUnavailable(CONTENTION)
+        # Contention is not an outage: a circuit breaker must not open on it.
+        self.last_failure = StoreUnavailable(CONTENTION, outage=False)
         return True
 
     def _failed(self, failure: EtcdFailure, *, sent: bool, leases: Mapping[bool, int]) -> bool:
@@ -178,6 +179,7 @@ class _Attempts:
                 failure = EtcdFailure(
                     f"{failure.detail}; an earlier attempt's outcome is unknown",
                     retry_after=failure.retry_after,
+                    transient=False,
                 )
             self._fail_all(failure)
             return False
@@ -231,13 +233,16 @@ class _Attempts:
         reason = failure.detail if failure else "no attempt could start"
         retry_after = failure.retry_after if failure else 1
         timeout = self.c.write_timeout
+        outage = failure.outage if failure else True
         if self.outcome_unknown:
             return StoreUnavailable(
                 f"the outcome is unknown: etcd did not confirm within the write deadline "
                 f"({timeout:g} s) whether the update was applied ({reason})",
                 retry_after,
+                outage=outage,
             )
         return StoreUnavailable(
             f"the update was not applied within the write deadline ({timeout:g} s): {reason}",
             retry_after,
+            outage=outage,
         )

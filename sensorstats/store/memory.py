@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from sensorstats.errors import StoreFull
+from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey, IdempotencyKeyReused
 from sensorstats.stats import EMPTY, Stats
+
+# Idempotency keys remembered at most: about 200 bytes each, so 20 MB.
+MAX_REMEMBERED_KEYS = 100_000
 
 
 class MemoryStore:
@@ -14,33 +19,41 @@ class MemoryStore:
 
     At most `max_sensors` sensors are kept (None: no limit). A batch that
     would add more is refused whole with `StoreFull`; sensors already kept go
-    on accumulating, and a delete makes room again.
+    on accumulating, and a delete makes room again. Idempotency keys are
+    remembered for `idempotency_ttl` seconds, at most `max_keys` at once.
     """
 
-    def __init__(self, max_sensors: int | None = None) -> None:
+    def __init__(
+        self,
+        max_sensors: int | None = None,
+        *,
+        idempotency_ttl: float = DEFAULT_WINDOW_SECONDS,
+        max_keys: int = MAX_REMEMBERED_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stats: dict[str, Stats] = {}
+        # Idempotency key digest -> (payload fingerprint, forgotten at), in
+        # the order remembered, which is also the order they expire in.
+        self._keys: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._max_sensors = max_sensors
+        self._idempotency_ttl = idempotency_ttl
+        self._max_keys = max_keys
+        self._clock = clock
         limit = "no limit" if max_sensors is None else f"at most {max_sensors} sensors"
         self.description = (
             f"embedded in-memory store ({limit}; single instance only; data is lost on exit)"
         )
 
-    def apply(self, deltas: Mapping[str, Stats]) -> None:
+    def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         with self._lock:
-            if self._max_sensors is not None:
-                added = sum(1 for sensor in deltas if sensor not in self._stats)
-                if added and len(self._stats) + added > self._max_sensors:
-                    raise StoreFull(
-                        f"the store keeps at most {self._max_sensors} sensors "
-                        f"(SENSORSTATS_MAX_SENSORS) and holds {len(self._stats)}; this batch "
-                        f"would add {added} new ones, so nothing of it was stored; "
-                        f"existing sensors still accept measurements, and deleting "
-                        f"sensors makes room",
-                        self._max_sensors,
-                    )
+            if key is not None and self._seen_before(key):
+                return
+            self._check_room(deltas, keyed=key is not None)
             for sensor, delta in deltas.items():
                 self._stats[sensor] = self._stats.get(sensor, EMPTY).merge(delta)
+            if key is not None:
+                self._keys[key.digest] = (key.fingerprint, self._clock() + self._idempotency_ttl)
 
     def get(self, sensor: str) -> Stats:
         # No lock: values are immutable and one dict lookup is atomic, so a
@@ -56,3 +69,42 @@ class MemoryStore:
 
     def close(self) -> None:
         return None
+
+    def _seen_before(self, key: IdempotencyKey) -> bool:
+        """True if `key` was applied with this payload; raises if with another (lock held)."""
+        now = self._clock()
+        while self._keys:
+            digest, (_, forget_at) = next(iter(self._keys.items()))
+            if forget_at > now:
+                break
+            del self._keys[digest]
+        remembered = self._keys.get(key.digest)
+        if remembered is None:
+            return False
+        if remembered[0] != key.fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different payload; "
+                "nothing of this request was stored"
+            )
+        return True
+
+    def _check_room(self, deltas: Mapping[str, Stats], *, keyed: bool) -> None:
+        """Raise StoreFull if `deltas` would take the store past a limit (lock held)."""
+        if self._max_sensors is not None:
+            added = sum(1 for sensor in deltas if sensor not in self._stats)
+            if added and len(self._stats) + added > self._max_sensors:
+                raise StoreFull(
+                    f"the store keeps at most {self._max_sensors} sensors "
+                    f"(SENSORSTATS_MAX_SENSORS) and holds {len(self._stats)}; this batch "
+                    f"would add {added} new ones, so nothing of it was stored; "
+                    f"existing sensors still accept measurements, and deleting "
+                    f"sensors makes room",
+                    self._max_sensors,
+                )
+        if keyed and len(self._keys) >= self._max_keys:
+            raise StoreFull(
+                f"the store remembers at most {self._max_keys} idempotency keys at once "
+                f"(each for SENSORSTATS_IDEMPOTENCY_TTL, {self._idempotency_ttl:g} s); "
+                f"nothing of this request was stored; retry later or without a key",
+                self._max_keys,
+            )
