@@ -32,6 +32,7 @@ from sensorstats.errors import StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey
 from sensorstats.stats import Stats
 from sensorstats.store import Store
+from sensorstats.store.events import STORE_EVENTS
 
 THRESHOLD = 5
 OPEN_SECONDS = 1.0
@@ -159,6 +160,7 @@ class BreakerStore:
                 if self._failures < self._threshold:
                     return None
                 self._state = OPEN
+                STORE_EVENTS.breaker_state(OPEN)
                 self._opened_at = self._clock()
                 interval = self._schedule_trial()
                 _log.warning(
@@ -192,6 +194,7 @@ class BreakerStore:
                     self._clock() - self._opened_at,
                 )
                 self._state = CLOSED
+                STORE_EVENTS.breaker_state(CLOSED)
             self._failures = 0
 
     def _schedule_trial(self) -> float:

@@ -43,6 +43,7 @@ import grpc  # type: ignore[import-untyped]
 
 from sensorstats.errors import StoreUnavailable
 from sensorstats.settings import EtcdEndpoint
+from sensorstats.store.events import STORE_EVENTS
 
 # Seconds a failed member is passed over while another member is available.
 AVOID_FAILED_MEMBER = 1.0
@@ -229,15 +230,19 @@ class EtcdClient:
 
     def _call(self, method: Callable[[_Member], Any], request: Any, timeout: float) -> Any:
         member = self._choose()
+        started = time.monotonic()
         try:
             response = method(member)(request, timeout=timeout)
         except grpc.RpcError as error:
-            failure = describe_failure(*_status(error), str(member.endpoint), timeout)
+            code, details = _status(error)
+            STORE_EVENTS.etcd_call(request, code.name, started)
+            failure = describe_failure(code, details, str(member.endpoint), timeout)
             if failure.suspect_member:
                 self._failed(member)
             raise failure from None
         except ValueError as error:  # gRPC's answer to a call on a closed channel
             raise EtcdFailure(f"etcd client closed: {error}", transient=False) from None
+        STORE_EVENTS.etcd_call(request, "OK", started)
         member.failed_at = None
         return response
 
@@ -264,6 +269,7 @@ class EtcdClient:
             # coming back to one that failed: it may hang every call again.
             if self._members[self._current] is member:
                 self._current = (self._current + 1) % len(self._members)
+                STORE_EVENTS.etcd_failover()
 
 
 def _status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:

@@ -44,6 +44,7 @@ from sensorstats.store.etcd_txn import (
     read_txn,
     write_txn,
 )
+from sensorstats.store.events import COMMITTED, CONFLICT, FAILED, MARKER_FOUND, STORE_EVENTS
 
 BACKOFF_BASE = 0.01
 BACKOFF_CAP = 0.25
@@ -90,7 +91,9 @@ class BatchCommitter:
 
     def __call__(self, batch: list[PendingWrite]) -> None:
         """Decide every write of `batch`: `succeed()` or `fail(...)` each one."""
-        _Attempts(self, batch).run()
+        attempts = _Attempts(self, batch)
+        attempts.run()
+        STORE_EVENTS.writes_decided(batch, attempts.outcome_unknown)
 
 
 class _Attempts:
@@ -137,12 +140,14 @@ class _Attempts:
         except EtcdFailure as failure:
             return self._failed(failure, sent=sent, leases=leases)
         if response.succeeded:
+            STORE_EVENTS.write_attempt(COMMITTED, self.failures > 0)
             revision = response.header.revision
             self.c.cache.update((key, Seen(revision, merged[key])) for key in self.seen)
             self._succeed(self.pending)
             return False
         keys = list(self.seen)
         current, found = read_failure_branch(keys, markers, response)
+        STORE_EVENTS.write_attempt(MARKER_FOUND if found else CONFLICT, self.failures > 0)
         self.c.cache.update(current.items())
         for write in [w for w in self.pending if w.marker in found]:
             if found[write.marker] == write.fingerprint:
@@ -166,6 +171,7 @@ class _Attempts:
 
     def _failed(self, failure: EtcdFailure, *, sent: bool, leases: Mapping[bool, int]) -> bool:
         """Take in a failed call; False once every write is decided."""
+        STORE_EVENTS.write_attempt(FAILED, self.failures > 0)
         # Only a transaction that was sent can have committed; a failed
         # lease grant leaves nothing in doubt.
         self.outcome_unknown = self.outcome_unknown or (sent and failure.outcome_unknown)
