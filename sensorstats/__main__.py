@@ -6,11 +6,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sensorstats import __version__
 from sensorstats.app import create_app
-from sensorstats.logs import configure_logging
+from sensorstats.logs import FIELDS, configure_logging
+from sensorstats.metrics import Metrics
 from sensorstats.readiness import Readiness
 from sensorstats.server import Server, ensure_descriptors
-from sensorstats.settings import SettingsError, load_settings
+from sensorstats.settings import SettingsError, load_settings, loggable
 from sensorstats.store.factory import open_store
 
 _log = logging.getLogger("sensorstats")
@@ -20,17 +22,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the service: exit status 0 after a drain, 1 if it cannot listen, 2 for bad settings."""
     try:
         settings = load_settings(argv)
+    except SettingsError as error:
+        print(f"sensorstats: error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    _log.info(
+        "starting sensorstats %s",
+        __version__,
+        extra={FIELDS: {"event": "starting", "settings": loggable(settings)}},
+    )
+    try:
         ensure_descriptors(settings.connection_limit)
     except SettingsError as error:
         print(f"sensorstats: error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    # One registry for the process: every worker thread counts into it.
+    metrics = Metrics()
+    metrics.observe_store_events()
     store = open_store(settings)
     _log.info("store: %s", store.description)
     try:
-        readiness = Readiness(store)
+        readiness = Readiness(metrics.measured(store))
         try:
-            server = Server(create_app(settings, store, readiness), settings, readiness)
+            app = create_app(settings, store, readiness, metrics)
+            server = Server(app, settings, readiness, metrics)
         except OSError as error:
             print(
                 f"sensorstats: error: cannot listen on {settings.host}:{settings.port}: {error}",
@@ -41,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.serve()
     finally:
         store.close()
+        metrics.close()
+    _log.info("stopped", extra={FIELDS: {"event": "stopped"}})
     return 0
 
 

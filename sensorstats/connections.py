@@ -61,10 +61,16 @@ from waitress.utilities import BadRequest, Error
 
 from sensorstats import problems
 from sensorstats.logs import CONNECTIONS_LOGGER
+from sensorstats.request_id import HEADER as REQUEST_ID_HEADER
+from sensorstats.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
+from sensorstats.request_id import request_id_for
 from sensorstats.settings import Settings
+from sensorstats.telemetry import RequestTelemetry
 
 # Answered on the event loop; their handlers must never block.
-PROBE_PATHS = frozenset({"/livez", "/healthz"})
+# /metrics too: a scrape must answer when the workers are all busy, which is
+# when its numbers matter most; it only reads counters.
+PROBE_PATHS = frozenset({"/livez", "/healthz", "/metrics"})
 _PROBE_METHODS = frozenset({"GET", "HEAD"})
 
 # The request line and headers together. Clients of this API send a few
@@ -123,10 +129,6 @@ class ReceiveBudget:
         self._used = 0
         self._lock = threading.Lock()
 
-    @property
-    def used(self) -> int:
-        return self._used
-
     def reserve(self, size: int) -> bool:
         """Take `size` bytes if the budget has them; False (nothing taken) otherwise."""
         with self._lock:
@@ -174,6 +176,7 @@ class RequestTimeout(_ProblemError):
 def problem_response(error: Any, adj: Any) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status, headers and body of the problem document for a waitress error."""
     code: int = error.code
+    reason: str = error.reason
     type_uri = getattr(error, "type_uri", "about:blank")
     title = getattr(error, "title", None)
     if isinstance(error, _ProblemError):
@@ -182,6 +185,7 @@ def problem_response(error: Any, adj: Any) -> tuple[str, list[tuple[str, str]], 
         detail = f"the request line and headers exceed {adj.max_request_header_size} bytes"
     elif code == 413:
         type_uri, title = PAYLOAD_TOO_LARGE, BodyTooLarge.title
+        reason = BodyTooLarge.reason  # as the app says it, not "Request Entity Too Large"
         detail = f"the request body {error.body}"
     elif code == 500:
         detail = "the request failed unexpectedly; the error has been logged"
@@ -194,7 +198,7 @@ def problem_response(error: Any, adj: Any) -> tuple[str, list[tuple[str, str]], 
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers.append(("Retry-After", str(retry_after)))
-    return f"{code} {error.reason}", headers, body
+    return f"{code} {reason}", headers, body
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -330,11 +334,27 @@ class ProblemErrorTask(ErrorTask):  # type: ignore[misc]  # waitress is untyped
         status, headers, body = problem_response(self.request.error, self.channel.adj)
         self.status = status
         self.response_headers.extend(headers)
+        # HEAD: the same headers, no body (waitress would send it).
+        if getattr(self.request, "command", "") == "HEAD":
+            body = b""
+        self.response_headers.append((REQUEST_ID_HEADER, self._request_id(len(body))))
         self.set_close_on_finish()
         self.channel.linger_wanted = True
         self.content_length = len(body)
-        # HEAD: the same headers, no body (waitress would send it).
-        self.write(b"" if getattr(self.request, "command", "") == "HEAD" else body)
+        self.write(body)
+
+    def _request_id(self, sent: int) -> str:
+        """The id to echo; the access line and the metrics hear of the answer."""
+        telemetry: RequestTelemetry | None = self.channel.server.telemetry
+        if telemetry is None:
+            return request_id_for(self.request.headers.get(WAITRESS_REQUEST_ID))
+        return telemetry.server_answered(
+            self.request,
+            self.request.error.code,
+            sent,
+            self.channel.addr[0] if self.channel.addr else None,
+            getattr(self.request, "started_at", None),
+        )
 
 
 # --- the channel ---------------------------------------------------------------------
@@ -500,6 +520,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     """One listening socket of waitress, with this module's connection handling."""
 
     channel_class = Channel
+    # Hears of the answers the server gives by itself; set by `server.Server`.
+    telemetry: RequestTelemetry | None = None
 
     def __init__(
         self,
@@ -545,12 +567,33 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
                 return
 
     def _accept_one(self) -> bool:
-        """Accept one queued connection; False when none is queued."""
+        """Accept one queued connection, making room for it; False when none is queued.
+
+        As waitress's `handle_accept`, except that the limit is enforced here,
+        once a connection is really there to be let in or refused.
+        """
+        try:
+            accepted = self.accept()
+            if accepted is None:
+                return False
+            connection, address = accepted
+            self.set_socket_options(connection)
+        except OSError:
+            # A client that gave up before we took its connection, or a
+            # bogus socket from accept (waitress logs and carries on too).
+            if self.adj.log_socket_errors:
+                self.logger.warning("server accept() threw an exception", exc_info=True)
+            return True
         if len(self.active_channels) >= self.policy.connection_limit and not self._displace():
-            return self._refuse_newcomer()
-        before = len(self.active_channels)
-        super().handle_accept()
-        return len(self.active_channels) > before
+            connection.close()
+            _flood_log.warning(
+                "connection limit (%d) reached and every connection has a request in "
+                "progress: refused a new connection",
+                self.policy.connection_limit,
+            )
+            return True
+        self.channel_class(self, connection, self.fix_addr(address), self.adj, map=self._map)
+        return True
 
     def add_task(self, channel: Channel) -> None:
         # On the loop thread (a request just received), probes and error
@@ -575,17 +618,4 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
             victim.addr[0] if victim.addr else "?",
         )
         victim.close_now()
-        return True
-
-    def _refuse_newcomer(self) -> bool:
-        accepted = self.accept()
-        if accepted is None:
-            return False
-        connection, _ = accepted
-        connection.close()
-        _flood_log.warning(
-            "connection limit (%d) reached and every connection has a request in "
-            "progress: refused a new connection",
-            self.policy.connection_limit,
-        )
         return True

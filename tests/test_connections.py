@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from waitress.utilities import (
+    BadRequest,
+    InternalServerError,
+    RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
+    ServerNotImplemented,
+)
 
-from tests.service import Service, start_service
+from sensorstats.connections import problem_response
+from tests.service import ROOT, Service, start_service
 
 PROBE_BOUND_SECONDS = 2.0
 SAMPLE = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}
@@ -166,11 +178,15 @@ def test_options_is_204_with_allow(service: Service, path: str, allowed: set[str
 # --- the edges of HTTP ----------------------------------------------------------------
 
 
-def test_expect_100_continue_over_the_limit_is_refused_before_the_body(service: Service) -> None:
+# Over our limit; and over waitress's own, which answers by itself.
+@pytest.mark.parametrize("length", [100_000, 100_000_000])
+def test_expect_100_continue_over_the_limit_is_refused_before_the_body(
+    service: Service, length: int
+) -> None:
     with connect(service) as sock:
         sock.sendall(
-            b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-            b"Expect: 100-continue\r\n\r\n"
+            f"POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+            f"Expect: 100-continue\r\n\r\n".encode()
         )
         # No "100 Continue": the final answer comes at once, without the body.
         status, headers, body = read_response(sock)
@@ -178,7 +194,7 @@ def test_expect_100_continue_over_the_limit_is_refused_before_the_body(service: 
     assert headers["content-type"] == "application/problem+json"
     document = json.loads(body)
     assert document["type"] == "urn:sensorstats:problem:payload-too-large"
-    assert "4096" in document["detail"]
+    assert document["status"] == 413
 
 
 def test_expect_100_continue_within_the_limit_continues(service: Service) -> None:
@@ -374,28 +390,46 @@ def test_bodies_in_flight_share_a_budget(service: Service) -> None:
             assert read_response(sock)[0] == b"HTTP/1.1 204 No Content"
 
 
-def test_start_up_fails_when_the_connection_limit_exceeds_the_file_limit(tmp_path: Path) -> None:
-    import resource
-    import subprocess
-    import sys
+def run_with_file_limit(soft: int, hard: int, *args: str) -> subprocess.Popen[str]:
+    """`python -m sensorstats` started with the open-file limit (soft, hard)."""
 
-    from tests.service import ROOT
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
-
-    result = subprocess.run(
-        [sys.executable, "-m", "sensorstats", "--connection-limit", "4096", "--port", "0"],
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        preexec_fn=low_limit,
-        capture_output=True,
+    return subprocess.Popen(
+        [sys.executable, "-m", "sensorstats", "--host", "127.0.0.1", "--port", "0", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=limit,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=30,
-        check=False,
     )
-    assert result.returncode == 2
-    assert "SENSORSTATS_CONNECTION_LIMIT" in result.stderr
-    assert "ulimit" in result.stderr
+
+
+def test_start_up_fails_when_the_connection_limit_exceeds_the_file_limit() -> None:
+    process = run_with_file_limit(512, 512, "--connection-limit", "4096")
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "SENSORSTATS_CONNECTION_LIMIT" in output
+    assert "ulimit" in output
+
+
+def test_start_up_raises_a_low_soft_file_limit_when_it_may() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048 + 256:
+        pytest.skip(f"the hard open-file limit here ({hard}) is below the default need")
+    process = run_with_file_limit(1024, hard)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "serving on" in line:
+                break
+        assert any("raised the open-file limit from 1024 to 2304" in line for line in lines)
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)  # also closes the pipe
 
 
 def test_options_asterisk_describes_the_server(service: Service) -> None:
@@ -434,3 +468,51 @@ def test_while_draining_every_answer_closes_its_connection(tmp_path: Path) -> No
             assert headers["connection"] == "close"
             assert closed_by_server(sock, within=5)
         assert draining.wait(timeout=20) == 0
+
+
+# --- waitress's own errors, mapped without a server -----------------------------------
+
+
+class Adjustments:
+    max_request_header_size = 16384
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "type_uri", "detail"),
+    [
+        (BadRequest("Invalid chunk size"), "400 Bad Request", "about:blank", "Invalid chunk"),
+        (
+            RequestEntityTooLarge("exceeds max_body of 16777216"),
+            "413 Payload Too Large",
+            "urn:sensorstats:problem:payload-too-large",
+            "exceeds max_body of 16777216",
+        ),
+        (
+            RequestHeaderFieldsTooLarge("exceeds max_header of 16384"),
+            "431 Request Header Fields Too Large",
+            "about:blank",
+            "exceed 16384 bytes",
+        ),
+        (
+            InternalServerError("Traceback: secret"),
+            "500 Internal Server Error",
+            "about:blank",
+            "logged",
+        ),
+        (
+            ServerNotImplemented("Transfer-Encoding"),
+            "501 Not Implemented",
+            "about:blank",
+            "Transfer",
+        ),
+    ],
+)
+def test_waitress_errors_become_problem_documents(error, status, type_uri, detail) -> None:
+    answer_status, headers, body = problem_response(error, Adjustments())
+    assert answer_status == status
+    assert ("Content-Type", "application/problem+json") in headers
+    document = json.loads(body)
+    assert document["type"] == type_uri
+    assert document["status"] == int(status.split()[0])
+    assert detail in document["detail"]
+    assert "secret" not in body.decode()

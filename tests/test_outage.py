@@ -9,6 +9,7 @@ seconds, not milliseconds.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -137,3 +138,40 @@ def test_the_breaker_opens_fails_fast_and_closes_again(
     log = service.log()[earlier_log:]
     assert log.count("circuit breaker open:") == 1
     assert log.count("circuit breaker closed:") == 1
+
+
+@pytest.fixture(scope="module")
+def small(member: EtcdProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """An instance that takes 4 connections at most."""
+    with start_service(
+        env={"SENSORSTATS_ETCD_ENDPOINTS": member.url},
+        args=[
+            *("--connection-limit", "4"),
+            *("--etcd-timeout", "1"),
+            *("--write-timeout", str(WRITE_TIMEOUT)),
+            *("--etcd-prefix", "/outage-small/"),
+        ],
+        log_dir=tmp_path_factory.mktemp("logs"),
+    ) as running:
+        yield running
+
+
+def test_when_every_connection_is_busy_a_newcomer_is_closed_at_once(
+    small: Service, paused: EtcdProcess
+) -> None:
+    with ThreadPoolExecutor(max_workers=4) as posting:
+        posts = [posting.submit(small.post, "/data", BATCH, timeout=30) for _ in range(4)]
+        time.sleep(0.5)  # all four wait on etcd now
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", small.port), timeout=5) as newcomer:
+            try:
+                newcomer.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = newcomer.recv(64)
+            except (ConnectionResetError, BrokenPipeError):
+                answer = b""
+        # Closed, not left waiting in a queue nobody reads.
+        assert answer == b""
+        assert time.monotonic() - started < PROBE_BOUND_SECONDS
+        assert {p.result(timeout=30).status for p in posts} == {503}
+    # (Logged as one of the summarised connection-limit warnings.)
+    assert "connection limit (4) reached" in small.log()
