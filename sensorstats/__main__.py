@@ -6,13 +6,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sensorstats import __version__
 from sensorstats.app import create_app
-from sensorstats.logs import FIELDS, configure_logging
-from sensorstats.metrics import Metrics
+from sensorstats.logs import configure_logging
 from sensorstats.readiness import Readiness
 from sensorstats.server import Server, ensure_descriptors
-from sensorstats.settings import SettingsError, load_settings, loggable
+from sensorstats.settings import SettingsError, load_settings
 from sensorstats.store.factory import open_store
 
 _log = logging.getLogger("sensorstats")
@@ -25,27 +23,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sensorstats: error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    _log.info(
-        "starting sensorstats %s",
-        __version__,
-        extra={FIELDS: {"event": "starting", "settings": loggable(settings)}},
-    )
+    configure_logging(settings.log_level)
     try:
         ensure_descriptors(settings.connection_limit)
     except SettingsError as error:
         print(f"sensorstats: error: {error}", file=sys.stderr)
         return 2
-    # One registry for the process: every worker thread counts into it.
-    metrics = Metrics()
-    metrics.observe_store_events()
     store = open_store(settings)
     _log.info("store: %s", store.description)
     try:
-        readiness = Readiness(metrics.measured(store))
+        readiness = Readiness(store)
         try:
-            app = create_app(settings, store, readiness, metrics)
-            server = Server(app, settings, readiness, metrics)
+            server = Server(create_app(settings, store, readiness), settings, readiness)
         except OSError as error:
             print(
                 f"sensorstats: error: cannot listen on {settings.host}:{settings.port}: {error}",
@@ -56,8 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.serve()
     finally:
         store.close()
-        metrics.close()
-    _log.info("stopped", extra={FIELDS: {"event": "stopped"}})
     return 0
 
 
