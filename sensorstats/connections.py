@@ -61,10 +61,16 @@ from waitress.utilities import BadRequest, Error
 
 from sensorstats import problems
 from sensorstats.logs import CONNECTIONS_LOGGER
+from sensorstats.request_id import HEADER as REQUEST_ID_HEADER
+from sensorstats.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
+from sensorstats.request_id import request_id_for
 from sensorstats.settings import Settings
+from sensorstats.telemetry import RequestTelemetry
 
 # Answered on the event loop; their handlers must never block.
-PROBE_PATHS = frozenset({"/livez", "/healthz"})
+# /metrics too: a scrape must answer when the workers are all busy, which is
+# when its numbers matter most; it only reads counters.
+PROBE_PATHS = frozenset({"/livez", "/healthz", "/metrics"})
 _PROBE_METHODS = frozenset({"GET", "HEAD"})
 
 # The request line and headers together. Clients of this API send a few
@@ -279,6 +285,7 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
             # for the error task to answer.
             self.parse_header(b"GET / HTTP/1.0\r\n")
             self.headers_finished = True
+            self.stand_in = True  # its method and path are not the client's
         self.error = error
         self.expect_continue = False
         self.completed = True
@@ -328,11 +335,27 @@ class ProblemErrorTask(ErrorTask):  # type: ignore[misc]  # waitress is untyped
         status, headers, body = problem_response(self.request.error, self.channel.adj)
         self.status = status
         self.response_headers.extend(headers)
+        # HEAD: the same headers, no body (waitress would send it).
+        if getattr(self.request, "command", "") == "HEAD":
+            body = b""
+        self.response_headers.append((REQUEST_ID_HEADER, self._request_id(len(body))))
         self.set_close_on_finish()
         self.channel.linger_wanted = True
         self.content_length = len(body)
-        # HEAD: the same headers, no body (waitress would send it).
-        self.write(b"" if getattr(self.request, "command", "") == "HEAD" else body)
+        self.write(body)
+
+    def _request_id(self, sent: int) -> str:
+        """The id to echo; the access line and the metrics hear of the answer."""
+        telemetry: RequestTelemetry | None = self.channel.server.telemetry
+        if telemetry is None:
+            return request_id_for(self.request.headers.get(WAITRESS_REQUEST_ID))
+        return telemetry.server_answered(
+            self.request,
+            self.request.error.code,
+            sent,
+            self.channel.addr[0] if self.channel.addr else None,
+            getattr(self.request, "started_at", None),
+        )
 
 
 # --- the channel ---------------------------------------------------------------------
@@ -498,6 +521,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     """One listening socket of waitress, with this module's connection handling."""
 
     channel_class = Channel
+    # Hears of the answers the server gives by itself; set by `server.Server`.
+    telemetry: RequestTelemetry | None = None
 
     def __init__(
         self,

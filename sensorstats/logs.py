@@ -1,12 +1,26 @@
-"""Logging set-up, including a brake on warnings that come in floods."""
+"""Logging set-up: JSON lines or text, the request id on every line, floods summarised.
+
+Every record goes through one handler on the root logger, waitress's own
+loggers included, to stdout. `auto` (the default format) writes one JSON
+object per line unless stdout is a terminal, so a container runtime,
+Kubernetes or any redirect gets JSON and a person at a shell gets text.
+
+While a request is served, `REQUEST_ID` holds its id (set by the
+`telemetry` middleware, per thread through `contextvars`), and every line
+logged meanwhile carries it: a store warning, an unexpected error's
+traceback and the access line alike.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TextIO
 
 # Waitress warns "Task queue depth is N" for every request queued behind busy
 # threads: under load that is thousands of lines a second saying one thing.
@@ -19,6 +33,18 @@ UNAVAILABLE_LOGGER = "sensorstats.unavailable"
 CONNECTIONS_LOGGER = "sensorstats.connections"
 SUMMARISED_LOGGERS = (QUEUE_LOGGER, UNAVAILABLE_LOGGER, CONNECTIONS_LOGGER)
 REPORT_INTERVAL_SECONDS = 10.0
+
+# One line per request answered; see `telemetry`.
+ACCESS_LOGGER = "sensorstats.access"
+
+FORMATS = ("auto", "json", "text")
+
+# The id of the request being served by this thread, if any.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Structured members of a line beyond its message, passed as
+# ``extra={FIELDS: {...}}``: the access line's method, route, status and so on.
+FIELDS = "fields"
 
 
 class RepeatSummary(logging.Filter):
@@ -49,15 +75,89 @@ class RepeatSummary(logging.Filter):
             return True
 
 
-def configure_logging(level: str) -> None:
-    """Plain text lines on stderr at `level`; floods of warnings summarised."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the id of the request its thread is serving, if any."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # A record may already carry an id (a line about another request).
+        if getattr(record, "request_id", None) is None:
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+def _timestamp(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds: ``2021-11-09T20:38:09.123Z``."""
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, request_id, fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None:
+            line["request_id"] = request_id
+        fields = getattr(record, FIELDS, None)
+        if fields:
+            line.update(fields)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exc"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        # ASCII only: a line must be writable whatever the stream's encoding,
+        # lone surrogates from a client's path included. `default=str` keeps
+        # an odd argument from costing the line.
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``ts LEVEL logger [request id]: msg`` for a person at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(rid)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        record.rid = f" [{request_id}]" if request_id else ""
+        return super().formatMessage(record)
+
+
+def resolve_format(log_format: str, stream: TextIO) -> str:
+    """``json`` or ``text``: `auto` is JSON unless `stream` is a terminal."""
+    if log_format != "auto":
+        return log_format
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real file
+        interactive = False
+    return "text" if interactive else "json"
+
+
+def configure_logging(level: str, log_format: str = "auto", stream: TextIO | None = None) -> str:
+    """Log at `level` to `stream` (stdout) in `log_format`; floods of warnings summarised.
+
+    Returns the format chosen (``json`` or ``text``).
+    """
+    stream = sys.stdout if stream is None else stream
+    chosen = resolve_format(log_format, stream)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    # On the handler, not on loggers: records of every logger pass through
+    # it, waitress's and those propagated from children alike.
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in SUMMARISED_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RepeatSummary) for f in logger.filters):
             logger.addFilter(RepeatSummary())
+    return chosen

@@ -128,6 +128,7 @@ KINDS: dict[type[Exception], _Kind] = {
 
 def _handler(kind: _Kind) -> Callable[[falcon.Request, falcon.Response, Any, Any], None]:
     def handle(req: falcon.Request, resp: falcon.Response, error: Any, params: Any) -> None:
+        req.context.problem = kind.name  # for the metric of rejected batches
         if isinstance(error, StoreUnavailable):
             _unavailable_log.warning(
                 "%s %s: store unavailable: %s", req.method, req.path, error.detail

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.logs import FIELDS
 from sensorstats.store import Store
 
 # How long one store check is trusted: /healthz may be probed by many clients,
@@ -118,6 +119,8 @@ class Readiness:
                 self._lock.release()
 
     def _check_and_record(self) -> None:
+        # None before the first check: its answer is news either way.
+        was_ready = None if self._checked_at == -float("inf") else self._answer[0]
         try:
             self._store.check()
         except StoreUnavailable as error:
@@ -129,3 +132,13 @@ class Readiness:
         else:
             self._answer = (True, "")
         self._checked_at = self._clock()
+        if self._answer[0] != was_ready:
+            self._log_change()
+
+    def _log_change(self) -> None:
+        """One line each time the store's answer turns readiness on or off."""
+        ready, reason = self._answer
+        if ready:
+            _log.info("ready: the store answers", extra={FIELDS: {"event": "ready"}})
+        elif not self._draining.is_set():
+            _log.warning("not ready: %s", reason, extra={FIELDS: {"event": "not_ready"}})

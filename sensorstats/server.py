@@ -39,8 +39,11 @@ from sensorstats.connections import (
     ConnectionServer,
     ReceiveBudget,
 )
+from sensorstats.logs import FIELDS
+from sensorstats.metrics import Metrics
 from sensorstats.readiness import Readiness
 from sensorstats.settings import Settings, SettingsError
+from sensorstats.telemetry import RequestTelemetry
 
 _log = logging.getLogger(__name__)
 
@@ -80,7 +83,14 @@ def ensure_descriptors(connection_limit: int) -> None:
 class Server:
     """A waitress server that drains instead of dropping work when told to stop."""
 
-    def __init__(self, app: Callable[..., Any], settings: Settings, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        settings: Settings,
+        readiness: Readiness,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """Listen as `settings` say; `metrics` (the app's) also counts the server's own answers."""
         self._settings = settings
         self._readiness = readiness
         self._stop_requested = threading.Event()
@@ -116,6 +126,22 @@ class Server:
             wasyncore.close_all(self._map)
             raise
         self._dispatcher.set_thread_count(settings.threads)
+        if metrics is not None:
+            self._watch(metrics)
+
+    def _watch(self, metrics: Metrics) -> None:
+        telemetry = RequestTelemetry(metrics)
+        for listener in self._listeners():
+            listener.telemetry = telemetry
+        dispatcher = self._dispatcher
+        # Read at scrape time without the dispatcher's lock: each is one
+        # attribute or length, and a scrape may be a moment off.
+        metrics.watch_workers(
+            waiting=lambda: len(dispatcher.queue),
+            busy=lambda: dispatcher.active_count,
+            threads=lambda: len(dispatcher.threads),
+            connections=lambda: sum(len(s.active_channels) for s in self._listeners()),
+        )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -147,7 +173,7 @@ class Server:
 
     def _serve(self) -> None:
         for host, port in self.addresses:
-            _log.info("serving on http://%s:%s", host, port)
+            _log.info("serving on http://%s:%s", host, port, extra={FIELDS: {"event": "listening"}})
         self._loop_until(self._stop_requested.is_set)
 
         self._readiness.start_draining()
@@ -156,6 +182,7 @@ class Server:
         _log.info(
             "stop requested: /healthz now answers 503; closing the listener in %.1f s",
             self._settings.drain_delay,
+            extra={FIELDS: {"event": "draining"}},
         )
         close_at = time.monotonic() + self._settings.drain_delay
         self._loop_until(lambda: time.monotonic() >= close_at)
@@ -172,9 +199,13 @@ class Server:
 
         unfinished = self._busy_channels()
         if unfinished:
-            _log.warning("shutdown timeout: abandoning %d unfinished connection(s)", unfinished)
+            _log.warning(
+                "shutdown timeout: abandoning %d unfinished connection(s)",
+                unfinished,
+                extra={FIELDS: {"event": "drained", "abandoned": unfinished}},
+            )
         else:
-            _log.info("all requests answered; exiting")
+            _log.info("all requests answered; exiting", extra={FIELDS: {"event": "drained"}})
         self._dispatcher.shutdown(cancel_pending=True, timeout=1)
         wasyncore.close_all(self._map)
 

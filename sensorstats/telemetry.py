@@ -1,0 +1,160 @@
+"""What every request leaves behind: its id on the answer, an access line, its metrics.
+
+`RequestTelemetry` is falcon middleware, first in the app's list, so its
+``process_request`` runs before anything can refuse the request and its
+``process_response`` runs last, after error handlers, with the final status.
+It also hears about the answers waitress gives by itself (malformed HTTP,
+timeouts, oversized heads; see `connections`) through `server_answered`.
+
+The access line, one per request, at INFO on the ``sensorstats.access``
+logger: method, route template, path (as sent, percent-encoding kept),
+status, duration, body bytes in and out, client address, user agent and the
+request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import falcon
+
+from sensorstats.logs import ACCESS_LOGGER, FIELDS, REQUEST_ID
+from sensorstats.metrics import UNMATCHED, Metrics, method_label
+from sensorstats.request_id import HEADER, WAITRESS_KEY, request_id_for
+
+DATA_ROUTE = "/data"
+# The route label of ``OPTIONS *``, which a sink answers, not a route.
+ASTERISK_ROUTE = "*"
+
+_access_log = logging.getLogger(ACCESS_LOGGER)
+
+# A falcon template's field converter (``{sensor_id:path}``), left out of
+# labels so that routes read as the OpenAPI document names them.
+_CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
+
+# Statuses whose answers carry no body whatever the app set (RFC 9110).
+_BODILESS = frozenset({204, 304})
+
+
+class RequestTelemetry:
+    """Falcon middleware: request ids, the access line and request metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._routes: dict[str, str] = {}  # falcon template -> route label
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        context = req.context
+        context.started = time.monotonic()
+        request_id = request_id_for(req.get_header(HEADER))
+        context.request_id = request_id
+        REQUEST_ID.set(request_id)  # every line logged while serving it carries it
+        self._metrics.in_flight.inc()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        context = req.context
+        started: float | None = getattr(context, "started", None)
+        if started is None:
+            # Falcon refused the request before any middleware ran.
+            request_id = request_id_for(req.get_header(HEADER))
+            seconds = 0.0
+        else:
+            request_id = context.request_id
+            seconds = time.monotonic() - started
+            self._metrics.in_flight.dec()
+        resp.set_header(HEADER, request_id)
+        status = resp.status_code
+        route = self._route(req)
+        method = method_label(req.method)
+        received = req.content_length or 0
+        sent = _body_length(req, resp, status)
+        self._metrics.request_answered(method, route, status, seconds, received, sent)
+        if route == DATA_ROUTE and method == "POST" and (400 <= status < 500 or status == 507):
+            self._metrics.batch_rejected(getattr(context, "problem", None) or str(status))
+        path = req.env.get("REQUEST_URI") or req.relative_uri
+        try:
+            _access_log.info(
+                "%s %s %d %.1f ms",
+                req.method,
+                path,
+                status,
+                seconds * 1000,
+                extra={
+                    FIELDS: {
+                        "method": req.method,
+                        "route": route,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "bytes_in": received,
+                        "bytes_out": sent,
+                        "client": req.remote_addr,
+                        "user_agent": req.user_agent,
+                    },
+                    "request_id": request_id,
+                },
+            )
+        finally:
+            REQUEST_ID.set(None)
+
+    def _route(self, req: falcon.Request) -> str:
+        template = req.uri_template
+        if template is None:
+            return ASTERISK_ROUTE if req.path == "*" else UNMATCHED
+        route = self._routes.get(template)
+        if route is None:
+            route = self._routes[template] = _CONVERTER.sub(r"{\1}", template)
+        return route
+
+    def server_answered(
+        self, request: Any, status: int, sent: int, client: str | None, started: float | None
+    ) -> str:
+        """Waitress answered `request` itself with `status`; returns the id to echo.
+
+        `request` is waitress's parsed request: for a head refused before it
+        was parsed, a stand-in without the client's headers.
+        """
+        headers = getattr(request, "headers", None) or {}
+        request_id = request_id_for(headers.get(WAITRESS_KEY))
+        seconds = 0.0 if started is None else time.monotonic() - started
+        if getattr(request, "stand_in", False):
+            method = path = "-"  # refused before its request line was read
+        else:
+            method = getattr(request, "command", None) or "-"
+            path = getattr(request, "request_uri", None) or "-"
+        self._metrics.request_answered(method_label(method), UNMATCHED, status, seconds, 0, sent)
+        _access_log.info(
+            "%s %s %d %.1f ms (answered by the server)",
+            method,
+            path,
+            status,
+            seconds * 1000,
+            extra={
+                FIELDS: {
+                    "method": method,
+                    "route": UNMATCHED,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "bytes_in": 0,
+                    "bytes_out": sent,
+                    "client": client,
+                    "user_agent": headers.get("USER_AGENT"),
+                },
+                "request_id": request_id,
+            },
+        )
+        return request_id
+
+
+def _body_length(req: falcon.Request, resp: falcon.Response, status: int) -> int:
+    """Bytes of body the answer carries; falcon drops it for HEAD and bodiless statuses."""
+    if req.method == "HEAD" or status in _BODILESS or status < 200:
+        return 0
+    body = resp.render_body()
+    return len(body) if body else 0
