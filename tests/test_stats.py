@@ -23,8 +23,10 @@ from sensorstats.stats import (
     MAX_TIMESTAMP_LENGTH,
     Stats,
     Timestamp,
+    exact_double_sum,
     exact_sum,
     instant_of,
+    order_as_text,
 )
 
 # The greatest integer `float()` accepts: it rounds down to the greatest double.
@@ -212,6 +214,43 @@ def test_exact_sum_is_the_exact_normalised_sum(values):
     assert mantissa % 2 == 1 or (mantissa, exponent) == (0, 0)
 
 
+# What `exact_double_sum` takes: finite doubles, and integers a double holds exactly.
+doubles = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.sampled_from([v for v in EDGE_VALUES if type(v) is float or abs(v) <= 2**53]),
+    readings,
+)
+
+
+@given(st.lists(doubles, max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_exact_double_sum_is_exact_sum(values):
+    assert exact_double_sum(values) == exact_sum(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="nothing"),
+        pytest.param([-0.0], id="negative-zero"),
+        pytest.param([2**53, 1, 1], id="2**53-and-ones"),
+        pytest.param([0.1] * 10, id="tenths"),
+        pytest.param([21.37, 21.38, 21.36] * 333, id="readings"),
+        pytest.param([1e308, SMALLEST_SUBNORMAL, -1e308], id="subnormal-among-giants"),
+        pytest.param([MAX_DOUBLE, MAX_DOUBLE], id="beyond-the-double-range"),
+        pytest.param([MAX_DOUBLE, MAX_DOUBLE, -MAX_DOUBLE], id="overflowing-on-the-way"),
+        # Bits 60 apart: each round of fsum settles one, more rounds than it is given.
+        pytest.param([2.0 ** (1000 - 60 * k) for k in range(34)], id="many-rounds"),
+        pytest.param([2.0 ** (1000 - 60 * k) for k in range(5)], id="a-few-rounds"),
+    ],
+)
+def test_exact_double_sum_examples(values):
+    mantissa, exponent = exact_double_sum(values)
+    assert Fraction(mantissa) * Fraction(2) ** exponent == sum(map(Fraction, values))
+    assert (mantissa, exponent) == exact_sum(values)
+
+
 # --- order, batching and merge laws ------------------------------------------
 
 
@@ -338,6 +377,80 @@ def test_timestamp_length_limit_is_inclusive():
     assert Timestamp.parse(longest).text == longest
     with pytest.raises(ValueError, match="longer than"):
         Timestamp.parse(longest + "1")
+
+
+@st.composite
+def one_layout_timestamps(draw: st.DrawFn) -> list[str]:
+    """Readings' timestamps as a device writes them: one format, one offset."""
+    start = draw(st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 1, 1)))
+    steps = draw(st.lists(st.integers(0, 10**12), min_size=2, max_size=20))
+    spec = draw(st.sampled_from(["minutes", "seconds", "milliseconds", "microseconds"]))
+    # Digits past microseconds: fromisoformat drops them, so equal instants get apart.
+    extra = draw(st.sampled_from(["", "0", "999"])) if spec == "microseconds" else ""
+    offset = draw(st.sampled_from(["", "Z", "+00:00", "-05:30", "+14:00"]))
+    separator = draw(st.sampled_from("T "))
+    return [
+        (start + timedelta(microseconds=step)).isoformat(separator, spec) + extra + offset
+        for step in steps
+    ]
+
+
+def by_timestamp(texts: list[str]) -> list[str]:
+    return sorted(texts, key=Timestamp.parse)
+
+
+@given(one_layout_timestamps() | st.lists(any_timestamps, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_texts_said_to_order_as_timestamps_do(texts):
+    if order_as_text(texts):
+        assert sorted(texts) == by_timestamp(texts)
+
+
+@given(one_layout_timestamps())
+@settings(max_examples=100, deadline=None)
+def test_a_devices_timestamps_order_as_text(texts):
+    assert order_as_text(texts)
+    assert sorted(texts) == by_timestamp(texts)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        pytest.param(["2021-11-09T21:38:09+01:00", "2021-11-09T20:38:10+02:00"], id="offsets"),
+        pytest.param(["2021-11-09T20:38:09Z", "2021-11-09T20:38:08+00:00"], id="Z-and-+00:00"),
+        pytest.param(["2021-11-09T20:38:09", "2021-11-09T20:38:08.5"], id="precisions"),
+        # fromisoformat takes any character between date and time, digits too.
+        pytest.param(["2021-11-09713:00:00", "2021-11-09812:00:00"], id="digit-separators"),
+        pytest.param(["2021-W45-2T10:00", "2021-W46-1T09:00"], id="week-dates"),
+        pytest.param(["20211109T213809", "20211110T000000"], id="basic-format"),
+        pytest.param(["2021-11-09é21:38:09", "2021-11-09é21:38:08"], id="not-ascii"),
+    ],
+)
+def test_texts_that_need_their_instants(texts):
+    assert not order_as_text(texts)
+    assert not order_as_text(texts[::-1])
+
+
+def test_one_text_orders_as_text_whatever_its_layout():
+    assert order_as_text(["20211109T213809"])
+    assert order_as_text([])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("yesterday", id="not-a-timestamp"),
+        pytest.param("2021-11-09T21:38:09." + "1" * 45, id="too-long"),
+        pytest.param("2021-11-09\ud80021:38:09", id="surrogate"),
+    ],
+)
+def test_order_as_text_checks_every_text(bad):
+    good = ["2021-11-09T21:38:09Z", "2021-11-09T21:38:10Z"]
+    with pytest.raises(ValueError, match=r"."):
+        Timestamp.parse(bad)
+    for texts in ([bad], [*good, bad], [bad, *good]):
+        with pytest.raises(ValueError, match=r"."):
+            order_as_text(texts)
 
 
 # --- the stored record ---------------------------------------------------------
