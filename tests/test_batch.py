@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone, tzinfo
 from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensorstats.batch import MAX_REPORTED_ERRORS, Limits, parse_batch, sensor_id_problem
+from sensorstats.batch import (
+    MAX_REPORTED_ERRORS,
+    Limits,
+    _parse_plain_batch,
+    parse_batch,
+    sensor_id_problem,
+)
 from sensorstats.errors import FieldError, InvalidBatch, PayloadTooLarge
 from sensorstats.stats import EMPTY, Stats, Timestamp
 
@@ -403,3 +413,576 @@ def test_statistics_do_not_depend_on_order_or_on_how_a_batch_is_split(measuremen
         mine = [m["value"] for m in measurements if m["sensor"] == sensor]
         assert result.count == len(mine)
         assert result.mean == float(sum(map(Fraction, mine)) / len(mine))
+
+
+# --- the fast path reads exactly what the general path reads ---------------------
+#
+# `parse_batch` decodes batches of plain items with msgspec and leaves everything
+# else to the stdlib path. The oracle below is `parse_batch` as it was before that
+# (with the `instant_of` and `exact_sum` it used), unchanged but for names and comments:
+# for any body and limits, both must give the same `Stats`, bit for bit, in the
+# same order, or the same exception with the same detail and errors.
+
+ORACLE_SURROGATE = re.compile("[\ud800-\udfff]")
+ORACLE_FORBIDDEN_IN_SENSOR_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+oracle_offsets: dict[tzinfo, int] = {}
+
+
+def oracle_instant_of(text: str) -> int:
+    if len(text) > 64:
+        raise ValueError("longer than 64 characters")
+    if not text.isascii() and ORACLE_SURROGATE.search(text):
+        raise ValueError("contains an unpaired surrogate")
+    moment = datetime.fromisoformat(text)
+    local = (
+        moment.toordinal() * 86_400_000_000
+        + ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000
+        + moment.microsecond
+    )
+    zone = moment.tzinfo
+    if zone is None:
+        return local
+    offset = oracle_offsets.get(zone)
+    if offset is None:
+        offset = moment.utcoffset() // timedelta(microseconds=1)
+        if len(oracle_offsets) < 1024:
+            oracle_offsets[zone] = offset
+    return local - offset
+
+
+def oracle_exact_sum(values: list[float | int]) -> tuple[int, int]:
+    by_denominator: dict[int, int] = {}
+    for value in values:
+        numerator, denominator = value.as_integer_ratio()
+        by_denominator[denominator] = by_denominator.get(denominator, 0) + numerator
+    if not by_denominator:
+        return 0, 0
+    common = max(by_denominator)
+    total = sum(n * (common // d) for d, n in by_denominator.items())
+    mantissa, exponent = total, 1 - common.bit_length()
+    if mantissa == 0:
+        return 0, 0
+    trailing_zeros = (mantissa & -mantissa).bit_length() - 1
+    return mantissa >> trailing_zeros, exponent + trailing_zeros
+
+
+class OracleNonFinite:
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def oracle_sensor_id_problem(sensor: str, limits: Limits) -> str | None:
+    if not sensor:
+        return "must not be empty"
+    if len(sensor) > limits.max_sensor_id:
+        return f"must be at most {limits.max_sensor_id} characters"
+    if ORACLE_FORBIDDEN_IN_SENSOR_ID.search(sensor):
+        return "must not contain control characters or unpaired surrogates"
+    return None
+
+
+def oracle_value_problem(value: object) -> str | None:
+    if type(value) is float:
+        return None if math.isfinite(value) else "must be finite"
+    if type(value) is int:
+        try:
+            float(value)
+        except OverflowError:
+            return "must be finite as an IEEE double"
+        return None
+    if isinstance(value, OracleNonFinite):
+        return f"must be finite, got {value.literal}"
+    return "must be a number"
+
+
+def oracle_decode(body: bytes) -> list[object]:
+    try:
+        document = json.loads(body, parse_constant=OracleNonFinite)
+    except RecursionError:
+        raise InvalidBatch("the body is nested too deeply") from None
+    except ValueError as error:
+        raise InvalidBatch(f"the body is not valid JSON: {error}") from None
+    if not isinstance(document, list):
+        raise InvalidBatch("the body must be a JSON array of measurements")
+    return document
+
+
+class OracleAccumulator:
+    def __init__(self, instant: int, text: str) -> None:
+        self.values: list[float | int] = []
+        self.instant = instant
+        self.text = text
+
+    def add(self, value: float | int, instant: int, text: str) -> None:
+        self.values.append(value)
+        if instant > self.instant or (instant == self.instant and text > self.text):
+            self.instant = instant
+            self.text = text
+
+    def stats(self) -> Stats:
+        return Stats(
+            len(self.values),
+            *oracle_exact_sum(self.values),
+            Timestamp(self.instant, self.text),
+        )
+
+
+def oracle_type_problem(item: dict[str, object], field: str, kind: str) -> str:
+    return f"must be a {kind}" if field in item else "is required"
+
+
+def oracle_parse_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
+    items = oracle_decode(body)
+    if len(items) > limits.max_batch:
+        raise PayloadTooLarge(
+            f"the batch has {len(items)} measurements; the limit is {limits.max_batch}"
+        )
+    errors: list[FieldError] = []
+    sensors: dict[str, OracleAccumulator] = {}
+    valid_ids: set[str] = set()
+    for index, item in enumerate(items):
+        if type(item) is not dict:
+            errors.append(FieldError(index, None, "must be an object"))
+            continue
+        sensor = item.get("sensor")
+        if type(sensor) is not str:
+            errors.append(
+                FieldError(index, "sensor", oracle_type_problem(item, "sensor", "string"))
+            )
+        elif sensor not in valid_ids:
+            problem = oracle_sensor_id_problem(sensor, limits)
+            if problem:
+                errors.append(FieldError(index, "sensor", problem))
+            else:
+                valid_ids.add(sensor)
+
+        text = item.get("timestamp")
+        instant = 0
+        if type(text) is not str:
+            errors.append(
+                FieldError(index, "timestamp", oracle_type_problem(item, "timestamp", "string"))
+            )
+        else:
+            try:
+                instant = oracle_instant_of(text)
+            except ValueError as error:
+                errors.append(
+                    FieldError(index, "timestamp", f"must be an ISO 8601 date-time: {error}")
+                )
+
+        value = item.get("value")
+        problem = oracle_value_problem(value) if "value" in item else "is required"
+        if problem:
+            errors.append(FieldError(index, "value", problem))
+
+        if errors:
+            continue
+        accumulator = sensors.get(sensor)
+        if accumulator is None:
+            accumulator = sensors[sensor] = OracleAccumulator(instant, text)
+        accumulator.add(value, instant, text)
+
+    if errors:
+        shown = errors[:MAX_REPORTED_ERRORS]
+        more = f"; the first {len(shown)} are listed" if len(errors) > len(shown) else ""
+        raise InvalidBatch(
+            f"{len(errors)} invalid field(s); nothing was stored{more}", tuple(shown)
+        )
+    return {sensor: accumulator.stats() for sensor, accumulator in sensors.items()}
+
+
+def outcome(parse: Callable[[bytes, Limits], dict[str, Stats]], data: bytes, limits: Limits):
+    """What a client would see of `parse`: every delta in order, or the whole error."""
+    try:
+        return "stored", list(parse(data, limits).items())
+    except InvalidBatch as error:
+        return "invalid", error.detail, error.errors
+    except PayloadTooLarge as error:
+        return "too large", error.detail
+
+
+def assert_same_as_oracle(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    assert outcome(parse_batch, data, limits) == outcome(oracle_parse_batch, data, limits)
+
+
+ITEM = '{"sensor":"a","timestamp":"2021-11-09T21:38:09+01:00","value":%s}'
+PLAIN = ITEM % "1"
+
+# Each names a way the two decoders could part; the oracle says what is right.
+NASTY_BODIES = [
+    pytest.param(f"[{PLAIN},{ITEM % 'NaN'}]", id="NaN-by-index"),
+    pytest.param(f"[{ITEM % 'Infinity'},{PLAIN},{ITEM % '-Infinity'}]", id="Infinity-by-index"),
+    pytest.param(f"[{PLAIN},{ITEM % '1e400'}]", id="1e400"),
+    pytest.param(f"[{ITEM % '1e-400'}]", id="1e-400-is-zero"),
+    pytest.param(f"[{ITEM % '-0'},{ITEM % '-0.0'}]", id="negative-zeros"),
+    pytest.param(f"[{ITEM % (2**53)},{ITEM % '1'}]", id="2**53-plus-1-exactly"),
+    pytest.param(f"[{ITEM % (2**53 + 1)},{ITEM % '1'}]", id="int-beyond-2**53"),
+    pytest.param(f"[{ITEM % (2**64)},{ITEM % -(2**63 + 1)}]", id="ints-beyond-64-bits"),
+    pytest.param(f"[{ITEM % LARGEST_INT},{ITEM % -LARGEST_INT}]", id="largest-ints"),
+    pytest.param(f"[{ITEM % (LARGEST_INT + 1)}]", id="int-rounding-to-infinity"),
+    pytest.param(f"[{ITEM % ('1' * 4301)}]", id="int-over-the-digit-limit"),
+    pytest.param(f"[{ITEM % '9007199254740993.0'}]", id="float-rounded-at-parse"),
+    pytest.param(f"[{ITEM % '1.7976931348623159e308'}]", id="float-rounding-to-max"),
+    pytest.param(f"[{ITEM % '2.4703282292062328e-324'}]", id="float-rounding-to-subnormal"),
+    pytest.param(
+        '[{"sensor":"a","sensor":"b","timestamp":"2021-11-09","value":1,"value":2}]',
+        id="duplicate-keys-last-wins",
+    ),
+    pytest.param(
+        '[{"sensor":"a","timestamp":"2021-11-09","value":"x","value":2}]',
+        id="duplicate-key-bad-then-good",
+    ),
+    pytest.param(
+        '[{"sensor":"a","timestamp":"2021-11-09","value":2,"value":null}]',
+        id="duplicate-key-good-then-bad",
+    ),
+    pytest.param(
+        '[{"\\u0073ensor":"a","timestamp":"2021-11-09","valu\\u0065":1}]', id="escaped-keys"
+    ),
+    pytest.param(
+        '[{"sensor":"\\ud800","timestamp":"2021-11-09","value":1}]', id="lone-surrogate-id"
+    ),
+    pytest.param(
+        '[{"sensor":"a","timestamp":"2021-11-09\\udfff21:38","value":1}]', id="lone-surrogate-ts"
+    ),
+    pytest.param(
+        '[{"sensor":"\\ud83c\\udf21","timestamp":"2021-11-09","value":1}]', id="surrogate-pair"
+    ),
+    pytest.param(b'[{"sensor":"\xed\xa0\x80","timestamp":"2021-11-09","value":1}]', id="cesu-8"),
+    pytest.param(b'[{"sensor":"\xff","timestamp":"2021-11-09","value":1}]', id="not-utf-8"),
+    pytest.param(b"\xef\xbb\xbf[" + PLAIN.encode() + b"]", id="utf-8-bom"),
+    pytest.param(f"[{PLAIN}]".encode("utf-16"), id="utf-16"),
+    pytest.param(f"[{PLAIN}]".encode("utf-32-le"), id="utf-32-no-bom"),
+    pytest.param(f"\x0c[{PLAIN}]", id="form-feed-is-not-whitespace"),
+    pytest.param(f" \t\r\n[ {PLAIN} ]\n", id="json-whitespace"),
+    pytest.param(f"[{PLAIN}] x", id="trailing-data"),
+    pytest.param(f"[{PLAIN}]\x00", id="trailing-nul"),
+    pytest.param(f'[{PLAIN[:-1]},"unit":"C"}}]', id="unknown-key"),
+    pytest.param(f'[{PLAIN[:-1]},"x":NaN}}]', id="NaN-in-an-unknown-key"),
+    pytest.param(f'[{PLAIN[:-1]},"x":1e400}}]', id="1e400-in-an-unknown-key"),
+    pytest.param(f'[{PLAIN[:-1]},"x":{"1" * 4301}}}]', id="long-int-in-an-unknown-key"),
+    pytest.param(f'[{PLAIN[:-1]},"x":"\\ud800"}}]', id="surrogate-in-an-unknown-key"),
+    pytest.param(f'[{PLAIN[:-1]},"x":{"[" * 5000}{"]" * 5000}}}]', id="deep-unknown-key"),
+    pytest.param(f'[{PLAIN[:-1]},"x":"\x01"}}]', id="control-character"),
+    pytest.param('[{"sensor":"a","timestamp":"2021-11-09","value":true}]', id="value-true"),
+    pytest.param('[{"sensor":"","timestamp":"2021-11-09","value":1}]', id="empty-id"),
+    pytest.param('[{"sensor":"a","timestamp":"2021-02-30","value":1}]', id="february-30"),
+    pytest.param('[{"sensor":"a","timestamp":"2021-11-09","value":1}, 5]', id="item-not-object"),
+    pytest.param('[{"sensor":"a","value":1}]', id="timestamp-missing"),
+    pytest.param("[" + ",".join([PLAIN] * 4) + "]", id="over-the-item-limit"),
+    pytest.param("[" + ",".join([PLAIN, "5"] * 2) + "]", id="over-the-limit-and-invalid"),
+    pytest.param("[]", id="empty-array"),
+    pytest.param("", id="empty-body"),
+]
+
+
+@pytest.mark.parametrize("data", NASTY_BODIES)
+def test_nasty_bodies_are_read_exactly_as_before(data):
+    data = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    assert_same_as_oracle(data, Limits(max_batch=3))
+    assert_same_as_oracle(data)
+
+
+def test_integers_a_double_cannot_hold_are_summed_exactly():
+    # A sum in doubles would give 2**53 for the first and drop the 1s in the second.
+    for values in ([2**53, 1], [2**53, 1, 2**64 + 1, -(2**64)]):
+        result = parse_batch(body(*(measurement(value=v) for v in values)), Limits())["abc"]
+        assert Fraction(result.mantissa) * Fraction(2) ** result.exponent == sum(values)
+        assert result.count == len(values)
+
+
+def test_many_timestamps_in_a_batch_give_each_sensor_its_latest():
+    texts = [f"2021-11-09T21:38:{s:02}+01:00" for s in range(60)]
+    items = [measurement(sensor=f"s{i % 7}", timestamp=t) for i, t in enumerate(texts)]
+    # The same instant as s0's latest, 21:38:56+01:00, and the greater text.
+    items.insert(3, measurement(sensor="s0", timestamp="2021-11-09T20:38:56.0Z"))
+    items.insert(5, measurement(sensor="s0", timestamp="2021-11-09T21:38:56.0+01:00"))
+    result = parse_batch(body(*items), Limits())
+    assert {sensor: stats.latest.text for sensor, stats in result.items()} == {
+        "s0": "2021-11-09T21:38:56.0+01:00",
+        **{f"s{k}": max(texts[k::7]) for k in range(1, 7)},
+    }
+    assert [stats.count for stats in result.values()] == [11, 9, 9, 9, 8, 8, 8]
+
+
+# JSON texts, not Python values: most of what matters here (NaN, 1e400, duplicate
+# keys, lone surrogates, odd whitespace, bad bytes) cannot come out of `json.dumps`.
+
+EDGE_NUMBERS = [
+    "0", "-0", "-0.0", "0e0", "0E+0", "1E2", "1e-400", "-1e-400", "1e400", "-1e400",
+    "NaN", "Infinity", "-Infinity", "5e-324", "2.4703282292062327e-324",
+    "2.4703282292062328e-324", "2.2250738585072011e-308", "2.2250738585072014e-308",
+    "1.7976931348623157e308", "1.7976931348623158e308", "1.7976931348623159e308",
+    "-1.7976931348623157e308", "1e99999999999999999999", "1e-99999999999999999999",
+    "0." + "0" * 400 + "1e400", "0.1" + "1" * 800, "9007199254740991", "9007199254740992",
+    "9007199254740993", "-9007199254740992", "-9007199254740993", "9007199254740993.0",
+    str(2**63 - 1), str(2**63), str(2**64), str(-(2**63) - 1), str(LARGEST_INT),
+    str(LARGEST_INT + 1), str(-LARGEST_INT), str(10**400), "1" * 4300, "1" * 4301,
+    "01", "1.", ".5", "+1", "1e", "--1", "0x10", "1_000",
+    # Decimal texts on, just under and just over a halfway point between two doubles.
+    "1.00000000000000011102230246251565404236316680908203125",
+    "1.00000000000000011102230246251565404236316680908203124",
+    "1.00000000000000011102230246251565404236316680908203126",
+    "9007199254740993", "9007199254740993.0000000000000000000001", "7.038531e-26",
+    "2.2250738585072012e-308", "4.9406564584124654e-324", "1.4e-45",
+]  # fmt: skip
+
+
+@st.composite
+def number_grammar(draw: st.DrawFn) -> str:
+    """Numbers as JSON's grammar writes them, with every part at random lengths."""
+    sign = draw(st.sampled_from(["", "-"]))
+    digits = draw(st.sampled_from(["0", "1"]) | st.from_regex(r"[1-9][0-9]{0,40}", fullmatch=True))
+    fraction = draw(st.just("") | st.from_regex(r"\.[0-9]{1,40}", fullmatch=True))
+    exponent = draw(
+        st.just("")
+        | st.builds(
+            "{}{}{}".format,
+            st.sampled_from("eE"),
+            st.sampled_from(["", "+", "-"]),
+            st.integers(0, 400),
+        )
+    )
+    return sign + digits + fraction + exponent
+
+
+# Numbers the fast path takes: doubles, and integers a double holds exactly.
+double_numbers = st.one_of(
+    st.integers(-100, 100).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.decimals(min_value=-50, max_value=150, places=2).map(str),
+    st.integers(-(2**53), 2**53).map(str),
+)
+numbers = st.one_of(
+    double_numbers,
+    st.integers(2**53 - 4, 2**53 + 4).map(str),
+    st.integers(-(2**80), 2**80).map(str),
+    st.integers(-2 * LARGEST_INT, 2 * LARGEST_INT).map(str),
+    st.sampled_from(EDGE_NUMBERS),
+    number_grammar(),
+)
+
+LONE_SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff"]
+odd_texts = st.text(
+    st.characters(codec=None, categories=["L", "N", "P", "S", "Z", "Cc", "Cf", "Co"])
+    | st.sampled_from(LONE_SURROGATES),
+    max_size=8,
+)
+
+
+def clean_strings(texts: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """JSON strings of `texts` as `json.dumps` writes them, escaped or raw."""
+    return st.builds(json.dumps, texts, ensure_ascii=st.booleans())
+
+
+@st.composite
+def broken_strings(draw: st.DrawFn, texts: st.SearchStrategy[str]) -> str:
+    """JSON strings with a bad escape, a raw control character or a stray quote."""
+    inner = json.dumps(draw(texts))[1:-1]
+    cut = draw(st.integers(0, len(inner)))
+    spoiler = draw(st.sampled_from(["\\x", "\\u12", "\x01", "\t", "\\", '"']))
+    return '"' + inner[:cut] + spoiler + inner[cut:] + '"'
+
+
+VALID_SENSOR_IDS = ["a", "s-1", "s-2", "ab", "a/", "温度", "e\u0301", "x" * 256]
+SENSOR_IDS = [*VALID_SENSOR_IDS, "x" * 257, "", "a\nb", "a\x7f", "\ud800"]
+VALID_TIMESTAMPS = [
+    "2021-11-09T21:38:09+01:00",
+    "2021-11-09T20:38:09Z",
+    "2021-11-09T20:38:09+00:00",
+    "2021-11-09T20:38:09",
+    "2021-11-09T20:38:09.000001Z",
+    "2021-11-09T21:38:09.123456789+01:00",
+    "2021-11-09",
+]
+TIMESTAMPS = [
+    *VALID_TIMESTAMPS,
+    "2021-13-09T21:38:09",
+    "2021-02-30",
+    "yesterday",
+    "",
+    "2021-11-09T21:38:09." + "1" * 44,
+    "2021-11-09T21:38:09." + "1" * 45,
+    "2021-11-09\ud80021:38:09",
+]
+offsets = st.none() | st.one_of(
+    st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: timedelta(minutes=m)),
+    st.integers(-(86_400 * 10**6 - 1), 86_400 * 10**6 - 1).map(
+        lambda us: timedelta(microseconds=us)
+    ),
+).map(timezone)
+
+
+def generated_timestamps(valid: bool) -> st.SearchStrategy[str]:
+    """What `datetime.isoformat` writes, any separator, precision and offset; if not
+    `valid`, also with an unpaired surrogate as the separator, or too long."""
+    separators = ["T", " ", "é"] if valid else ["T", " ", "é", "\ud800"]
+    texts = st.builds(
+        datetime.isoformat,
+        st.builds(datetime.replace, st.datetimes(), tzinfo=offsets),
+        sep=st.sampled_from(separators),
+        timespec=st.sampled_from(["auto", "seconds", "milliseconds", "microseconds"]),
+    )
+    if valid:
+        return texts | texts.map(lambda t: t[:-6] + "Z" if t.endswith("+00:00") else t)
+    return texts | texts.map(lambda t: t + "1" * 30)
+
+
+valid_timestamps = st.sampled_from(VALID_TIMESTAMPS) | generated_timestamps(valid=True)
+
+json_scalars = st.one_of(
+    st.sampled_from(["null", "true", "false", "[]", "{}"]),
+    numbers,
+    clean_strings(odd_texts),
+)
+
+
+def json_containers(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Arrays and objects of `inner` texts."""
+    arrays = st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+    members = st.lists(st.tuples(clean_strings(odd_texts), inner), max_size=3)
+    objects = members.map(lambda kvs: "{" + ",".join(f"{k}:{v}" for k, v in kvs) + "}")
+    return arrays | objects
+
+
+json_values = st.recursive(json_scalars, json_containers, max_leaves=6)
+# Nesting well inside and well beyond the recursion limit (the depth at which
+# `json.loads` gives up depends on how deep the caller's stack already is).
+deeply_nested = st.sampled_from([1, 2, 30, 3_000]).map(lambda d: "[" * d + "]" * d)
+
+VALID_FIELDS = {
+    "sensor": clean_strings(st.sampled_from(VALID_SENSOR_IDS)),
+    "timestamp": clean_strings(valid_timestamps),
+    "value": double_numbers,
+}
+ANY_FIELDS = {
+    "sensor": st.one_of(
+        clean_strings(st.sampled_from(SENSOR_IDS) | odd_texts),
+        broken_strings(odd_texts),
+        json_values,
+    ),
+    "timestamp": st.one_of(
+        clean_strings(st.sampled_from(TIMESTAMPS) | generated_timestamps(valid=False)),
+        broken_strings(st.sampled_from(VALID_TIMESTAMPS)),
+        json_values,
+    ),
+    "value": st.one_of(numbers, numbers, json_values),
+}
+# Mostly right, sometimes anything: so that one bad field hides among good ones.
+MIXED_FIELDS = {key: st.one_of(*[VALID_FIELDS[key]] * 4, ANY_FIELDS[key]) for key in ANY_FIELDS}
+KEY_SPELLINGS = {
+    "sensor": ['"sensor"', '"\\u0073ensor"'],
+    "timestamp": ['"timestamp"'],
+    "value": ['"value"', '"valu\\u0065"'],
+}
+OTHER_KEYS = ['"unit"', '"Sensor"', '""', '"values"']
+json_whitespace = st.sampled_from(["", "", "", " ", "\n", "\t", "\r\n"])
+any_whitespace = st.one_of(json_whitespace, st.sampled_from(["\x0c", "\u00a0", "\x0b"]))
+
+
+@st.composite
+def items(
+    draw: st.DrawFn,
+    fields: dict[str, st.SearchStrategy[str]],
+    others: bool,
+    whitespace: st.SearchStrategy[str] = any_whitespace,
+) -> str:
+    """An object with the three fields in any order, some repeated (the last counts),
+    some missing if `others`, and then other keys too."""
+    keys = list(fields)
+    if others:
+        keys = draw(st.lists(st.sampled_from(keys), max_size=4))
+    keys += draw(st.lists(st.sampled_from(list(fields)), max_size=2))
+    members = [(draw(st.sampled_from(KEY_SPELLINGS[k])), draw(fields[k])) for k in keys]
+    if others:
+        members += draw(
+            st.lists(
+                st.tuples(st.sampled_from(OTHER_KEYS), json_values | deeply_nested), max_size=2
+            )
+        )
+    members = draw(st.permutations(members))
+    return "{" + ",".join(f"{draw(whitespace)}{k}:{v}" for k, v in members) + "}"
+
+
+any_items = st.one_of(items(ANY_FIELDS, others=True), json_values, deeply_nested)
+
+
+@st.composite
+def documents(
+    draw: st.DrawFn,
+    elements: st.SearchStrategy[list[str]],
+    damage: bool = True,
+    whitespace: st.SearchStrategy[str] = any_whitespace,
+) -> bytes:
+    """A body: an array of `elements`, then, if `damage`, maybe not an array or not UTF-8."""
+    text = "[" + ",".join(draw(whitespace) + e + draw(whitespace) for e in draw(elements)) + "]"
+    if not damage:
+        return text.encode()
+    text = draw(st.sampled_from([text] * 6 + [f" {text}\n", text + " x", "{" + text[1:-1] + "}"]))
+    data = text.encode("utf-8", "surrogatepass")  # a lone surrogate becomes 3 bytes json reads
+    harm = draw(st.sampled_from(["none"] * 8 + ["bom", "utf-16", "bad byte", "truncated"]))
+    if harm == "bom":
+        data = b"\xef\xbb\xbf" + data
+    elif harm == "utf-16":
+        data = text.encode("utf-16", "surrogatepass")
+    elif harm == "bad byte":
+        at = draw(st.integers(0, len(data)))
+        bad = draw(st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\x00"]))
+        data = data[:at] + bad + data[at:]
+    elif harm == "truncated":
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
+
+
+limits_any = st.builds(
+    Limits,
+    max_batch=st.sampled_from([10_000, 10_000, 0, 1, 3, 8]),
+    max_sensor_id=st.sampled_from([256, 256, 1, 5, 300]),
+)
+
+
+@given(
+    documents(st.lists(st.one_of(items(MIXED_FIELDS, others=False), any_items), max_size=12)),
+    limits_any,
+)
+@settings(max_examples=400, deadline=None)
+def test_any_body_is_read_exactly_as_before(data, limits):
+    assert_same_as_oracle(data, limits)
+
+
+@given(
+    documents(
+        st.lists(items(VALID_FIELDS, others=False, whitespace=json_whitespace), max_size=20),
+        damage=False,
+        whitespace=json_whitespace,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_valid_plain_batches_take_the_fast_path_and_read_exactly_as_before(data):
+    assert _parse_plain_batch(data, DEFAULT_LIMITS) is not None
+    assert_same_as_oracle(data)
+
+
+@st.composite
+def device_batches(draw: st.DrawFn) -> bytes:
+    """Batches as devices send them: every timestamp in one format and one offset."""
+    start = draw(st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 1, 1)))
+    spec = draw(st.sampled_from(["minutes", "seconds", "milliseconds", "microseconds"]))
+    offset = draw(st.sampled_from(["", "Z", "+00:00", "-05:30", "+14:00"]))
+    # Digits past microseconds, which fromisoformat drops: equal instants, other texts.
+    extras = st.sampled_from(["0", "9"]) if spec == "microseconds" else st.just("")
+    readings = st.tuples(
+        st.sampled_from(VALID_SENSOR_IDS[:4]), st.integers(0, 10**9), extras, double_numbers
+    )
+    members = []
+    for sensor, step, extra, value in draw(st.lists(readings, max_size=40)):
+        stamp = (start + timedelta(microseconds=step)).isoformat("T", spec) + extra + offset
+        members.append(f'{{"sensor":{json.dumps(sensor)},"timestamp":"{stamp}","value":{value}}}')
+    return ("[" + ",".join(members) + "]").encode()
+
+
+@given(device_batches())
+@settings(max_examples=200, deadline=None)
+def test_device_batches_take_the_fast_path_and_read_exactly_as_before(data):
+    assert _parse_plain_batch(data, DEFAULT_LIMITS) is not None
+    assert_same_as_oracle(data)
