@@ -225,3 +225,41 @@ def test_a_batch_that_leaves_a_write_undecided_is_a_bug_not_a_hang() -> None:
     combiner = combiner_for(batches)
     with pytest.raises(AssertionError, match="undecided"):
         combiner.write(write("k", marker="m"))
+
+
+class FrozenClock:
+    """A monotonic clock that moves only when told: arrivals are 'recent' or not at will."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_under_load_a_lone_write_waits_for_company_before_it_sends() -> None:
+    batches = ScriptedBatches()
+    clock = FrozenClock()
+    combiner = combiner_for(batches, gather=0.3, clock=clock)
+    combiner.write(write("k", marker="earlier"))  # the first arrival never waits
+    with writers(combiner, write("a", marker="lone")):
+        wait_until(lambda: combiner._gathering)
+        with writers(combiner, write("b", marker="company")) as outcomes:
+            pass
+    assert outcomes == {"company": None}
+    assert batches.batches == [["earlier"], ["lone", "company"]]
+
+
+def test_a_write_after_a_quiet_spell_does_not_wait() -> None:
+    batches = ScriptedBatches(hold=2)
+    clock = FrozenClock()
+    combiner = combiner_for(batches, gather=30.0, clock=clock)
+    with writers(combiner, write("k", marker="first")):
+        assert batches.started.acquire(timeout=5)
+        batches.releases[0].set()
+    clock.now += 1.0  # nothing arrived for a second
+    with writers(combiner, write("k", marker="later")):
+        # Sent at once: a 30 s wait for company would fail this.
+        assert batches.started.acquire(timeout=5)
+        batches.releases[1].set()
+    assert not combiner._gathering

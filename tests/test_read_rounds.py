@@ -145,3 +145,25 @@ def test_an_unexpected_error_reaches_the_readers_too() -> None:
     store.fail_with = ValueError("bug")
     with pytest.raises(ValueError, match="bug"):
         rounds_for(store).get("k")
+
+
+class FrozenClock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_under_load_a_lone_reader_waits_for_company_before_it_sends() -> None:
+    store = Versioned()
+    clock = FrozenClock()
+    rounds = ReadRounds(store, max_keys=128, max_in_flight=1, timeout=10.0, gather=0.3, clock=clock)
+    assert rounds.get("earlier") == 0  # the first arrival never waits
+    with readers(rounds, "lone") as lone:
+        wait_until(lambda: rounds._gathering)
+        with readers(rounds, "company") as company:
+            pass
+    assert lone == [0]
+    assert company == [0]
+    assert store.rounds == [["earlier"], ["lone", "company"]]
