@@ -425,10 +425,21 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         if self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed:
             return
         request = self.request
+        # Bytes already waiting in the kernel mean the client was neither
+        # idle nor slow; the loop was (a starved process): read them first.
         if request is not None and now - request.started_at >= self.policy.receive_timeout:
-            self._time_out(request)
-        elif wall_now - self.last_activity >= self.policy.idle_timeout:
+            if not self._input_pending():
+                self._time_out(request)
+        elif (
+            wall_now - self.last_activity >= self.policy.idle_timeout and not self._input_pending()
+        ):
             self.close_now()
+
+    def _input_pending(self) -> bool:
+        try:
+            return bool(self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing there (EAGAIN), or the connection is gone
+            return False
 
     def _time_out(self, partial: Parser) -> None:
         timeout = self.policy.receive_timeout
