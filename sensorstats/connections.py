@@ -405,9 +405,12 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         self.waiting_since = time.monotonic()
 
     def send_continue(self) -> None:
-        if self.request.error is not None:
+        if self.request.completed:
             # Refused on its head: the answer goes out instead, and the
-            # client never sends the body.
+            # client never sends the body. Or complete without a body (no
+            # Content-Length, or 0), where nothing is to continue (RFC 9110
+            # §10.1.1): waitress would mark it incomplete again and leave it
+            # unanswered until the receive timeout.
             self.request.expect_continue = False
             return
         super().send_continue()
