@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from sensorstats import problems
+from sensorstats.auth import BearerAuth, StaticTokens, TokenFile, TokenSource
 from sensorstats.batch import Limits
 from sensorstats.readiness import Readiness
 from sensorstats.resources import (
@@ -30,12 +31,28 @@ def create_app(
     """Wire `store` (and `readiness`, made from the store if not given) into the routes."""
     limits = Limits(max_batch=settings.max_batch, max_sensor_id=settings.max_sensor_id)
     readiness = readiness or Readiness(store)
-    app = falcon.App()
-    problems.register(app)
     data, statistics, health, live = ROUTES
+    middleware = []
+    tokens = _token_source(settings)
+    if tokens is not None:
+        middleware.append(
+            BearerAuth(
+                tokens, protect_reads=settings.read_requires_token, open_routes=(health, live)
+            )
+        )
+    app = falcon.App(middleware=middleware)
+    problems.register(app)
     app.add_route(data, DataResource(store, limits, settings.max_body_bytes))
     app.add_route(statistics, StatisticsResource(store, limits))
     app.add_route(health, HealthResource(readiness))
     app.add_route(live, LiveResource())
     app.add_sink(server_options, ASTERISK)
     return app
+
+
+def _token_source(settings: Settings) -> TokenSource | None:
+    if settings.api_tokens is not None:
+        return StaticTokens(settings.api_tokens)
+    if settings.api_tokens_file:
+        return TokenFile(settings.api_tokens_file)
+    return None

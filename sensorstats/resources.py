@@ -6,6 +6,7 @@ import json
 
 import falcon
 
+from sensorstats.auth import client_identity
 from sensorstats.batch import Limits, parse_batch, sensor_id_problem
 from sensorstats.errors import InvalidSensorId, PayloadTooLarge
 from sensorstats.idempotency import IdempotencyKey, fingerprint, parse_key_header
@@ -54,8 +55,10 @@ class DataResource(Resource):
         if deltas:
             key = None
             if client_key is not None:
-                # One scope: without tokens, nothing tells clients apart.
-                key = IdempotencyKey("", client_key, fingerprint(deltas))
+                # Scoped by who sent it, so that one client's keys never
+                # collide with another's; "" for everyone without tokens.
+                scope = client_identity(req)
+                key = IdempotencyKey(scope, client_key, fingerprint(deltas))
             self._store.apply(deltas, key)
         resp.status = falcon.HTTP_204
 

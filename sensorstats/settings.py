@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from sensorstats.auth import TokenError, Tokens, read_tokens_file, tokens_from_list
 from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS
 
 ENV_PREFIX = "SENSORSTATS_"
@@ -64,6 +66,14 @@ class Settings:
     log_level: str = "INFO"
     shutdown_timeout: float = 20.0
     drain_delay: float = 0.0
+    api_tokens: Tokens | None = None
+    api_tokens_file: str = ""
+    read_requires_token: bool = False
+    etcd_ca_file: str = ""
+    etcd_cert_file: str = ""
+    etcd_key_file: str = ""
+    etcd_user: str = ""
+    etcd_password_file: str = ""
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -137,14 +147,101 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"must be true or false, got {text!r}")
+
+
+def _api_tokens(text: str) -> Tokens | None:
+    if not text.strip():
+        return None
+    try:
+        return tokens_from_list(text)
+    except TokenError as error:  # names the entry, never the token
+        raise SettingsError(str(error)) from None
+
+
+def _api_tokens_file(text: str) -> str:
+    path = text.strip()
+    if path:
+        try:
+            read_tokens_file(path)
+        except TokenError as error:
+            raise SettingsError(str(error)) from None
+    return path
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise SettingsError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _pem_file(label: str) -> Callable[[str], str]:
+    """A readable file holding a PEM block whose label ends with `label`."""
+
+    def convert(text: str) -> str:
+        path = text.strip()
+        if path and f"{label}-----".encode() not in _read(path):
+            raise SettingsError(f"{path} holds no PEM {label} (-----BEGIN ...{label}-----)")
+        return path
+
+    return convert
+
+
+def _ca_file(text: str) -> str:
+    path: str = _pem_file("CERTIFICATE")(text)
+    if path:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        except ssl.SSLError as error:
+            raise SettingsError(f"{path} is not a usable CA certificate: {error}") from None
+    return path
+
+
+def read_password(path: str) -> str:
+    """The password a file holds: its text without the line break editors and tools append."""
+    try:
+        password = _read(path).decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path} is not UTF-8 text") from None
+    if not password:
+        raise SettingsError(f"{path} is empty")
+    return password
+
+
+def _password_file(text: str) -> str:
+    path = text.strip()
+    if path:
+        read_password(path)
+    return path
+
+
+def _user(text: str) -> str:
+    return text.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One row of the settings table."""
+    """One row of the settings table.
+
+    `required_if_set`: a variable or flag given with an empty value is an
+    error instead of meaning "unset", for settings where an accidentally
+    empty value (a missing Secret, a typo in a shell variable) would silently
+    turn a protection off.
+    """
 
     name: str
     convert: Callable[[str], Any]
     default: str
     help: str
+    required_if_set: bool = False
 
     @property
     def env(self) -> str:
@@ -232,7 +329,65 @@ OPTIONS: tuple[Option, ...] = (
         "after SIGTERM, how long to keep serving with /healthz at 503 before "
         "closing the listener, seconds",
     ),
+    Option(
+        "api_tokens",
+        _api_tokens,
+        "",
+        "comma-separated bearer tokens (or name:token) that POST and DELETE require; "
+        "unset means no token is needed (prefer the variable or the file: a command "
+        "line is visible to every local user)",
+        required_if_set=True,
+    ),
+    Option(
+        "api_tokens_file",
+        _api_tokens_file,
+        "",
+        "file with one bearer token (or name:token) a line, re-read when it changes; "
+        "instead of SENSORSTATS_API_TOKENS",
+        required_if_set=True,
+    ),
+    Option(
+        "read_requires_token",
+        _boolean,
+        "false",
+        "whether GET /statistics needs a token too (true/false)",
+    ),
+    Option(
+        "etcd_ca_file",
+        _ca_file,
+        "",
+        "PEM CA certificate(s) that sign etcd's server certificates (https:// endpoints); "
+        "unset means the system's CAs",
+        required_if_set=True,
+    ),
+    Option(
+        "etcd_cert_file",
+        _pem_file("CERTIFICATE"),
+        "",
+        "PEM client certificate for etcd's --client-cert-auth",
+        required_if_set=True,
+    ),
+    Option(
+        "etcd_key_file",
+        _pem_file("PRIVATE KEY"),
+        "",
+        "PEM private key of the client certificate (unencrypted)",
+        required_if_set=True,
+    ),
+    Option("etcd_user", _user, "", "etcd user to authenticate as", required_if_set=True),
+    Option(
+        "etcd_password_file",
+        _password_file,
+        "",
+        "file holding the etcd user's password (trailing line breaks are ignored)",
+        required_if_set=True,
+    ),
 )
+
+
+def _named(name: str) -> str:
+    option = next(option for option in OPTIONS if option.name == name)
+    return f"{option.env} ({option.flag})"
 
 
 def _check(settings: Settings) -> None:
@@ -242,6 +397,68 @@ def _check(settings: Settings) -> None:
             f"{settings.etcd_timeout}) must not exceed the write timeout "
             f"(SENSORSTATS_WRITE_TIMEOUT, --write-timeout: {settings.write_timeout})"
         )
+    _check_tokens(settings)
+    _check_etcd_access(settings)
+
+
+def _check_tokens(settings: Settings) -> None:
+    if settings.api_tokens is not None and settings.api_tokens_file:
+        raise SettingsError(
+            f"{_named('api_tokens')} and {_named('api_tokens_file')} are both set; use one"
+        )
+    if settings.read_requires_token and not (settings.api_tokens or settings.api_tokens_file):
+        raise SettingsError(
+            f"{_named('read_requires_token')} is true, but no tokens are configured "
+            f"({_named('api_tokens')} or {_named('api_tokens_file')})"
+        )
+
+
+def _check_etcd_access(settings: Settings) -> None:
+    tls = [n for n in ("etcd_ca_file", "etcd_cert_file", "etcd_key_file") if getattr(settings, n)]
+    auth = [n for n in ("etcd_user", "etcd_password_file") if getattr(settings, n)]
+    if (tls or auth) and not settings.etcd_endpoints:
+        raise SettingsError(
+            f"{_named((tls + auth)[0])} is set, but {_named('etcd_endpoints')} is not"
+        )
+    plain = [str(e) for e in settings.etcd_endpoints if not e.secure]
+    if tls and plain:
+        # Certificates for a plain-text connection would be ignored: refuse
+        # rather than let an operator believe the connection is encrypted.
+        raise SettingsError(
+            f"{_named(tls[0])} is set, but {plain[0]} in {_named('etcd_endpoints')} "
+            "is not an https:// endpoint"
+        )
+    if bool(settings.etcd_cert_file) != bool(settings.etcd_key_file):
+        raise SettingsError(
+            f"{_named('etcd_cert_file')} and {_named('etcd_key_file')} go together; "
+            "set both or neither"
+        )
+    if settings.etcd_cert_file:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                settings.etcd_cert_file, settings.etcd_key_file, password=_no_password
+            )
+        except (ssl.SSLError, _EncryptedKey) as error:
+            raise SettingsError(
+                f"the key in {settings.etcd_key_file} and the certificate in "
+                f"{settings.etcd_cert_file} do not make a usable pair: {error}"
+            ) from None
+    if bool(settings.etcd_user) != bool(settings.etcd_password_file):
+        raise SettingsError(
+            f"{_named('etcd_user')} and {_named('etcd_password_file')} go together; "
+            "set both or neither"
+        )
+
+
+class _EncryptedKey(Exception):
+    def __str__(self) -> str:
+        return "the key is encrypted; sensorstats needs it unencrypted (gRPC takes no passphrase)"
+
+
+def _no_password() -> bytes:
+    # Called by OpenSSL only for an encrypted key; without this callback it
+    # would prompt on the terminal.
+    raise _EncryptedKey
 
 
 class _Parser(argparse.ArgumentParser):
@@ -284,6 +501,8 @@ def load_settings(
             source, text = option.env, environ[option.env]
         else:
             source, text = "default", option.default
+        if option.required_if_set and source != "default" and not text.strip():
+            raise SettingsError(f"{source}: is set but empty; leave it unset to go without")
         try:
             values[option.name] = option.convert(text)
         except SettingsError as error:

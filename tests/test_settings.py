@@ -7,9 +7,11 @@ reads the real ones.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from sensorstats.auth import tokens_from_list
 from sensorstats.settings import (
     OPTIONS,
     EtcdEndpoint,
@@ -19,6 +21,27 @@ from sensorstats.settings import (
 )
 
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
+TOKEN = "0123456789abcdefXYZ"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def example_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files that EXAMPLES and COMPANIONS name: a CA, a client pair, tokens, a password."""
+    from tests.etcd_tls import make_pki
+
+    directory = tmp_path_factory.mktemp("settings-files")
+    make_pki(directory)  # ca.crt, client.crt, client.key, server.*, other-ca.crt
+    (directory / "tokens").write_text(f"ci:{TOKEN}\n")
+    (directory / "password").write_text(PASSWORD + "\r\n")
+    (directory / "empty").write_text("")
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _in_the_example_files_directory(example_files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(example_files)
+
 
 # For each setting: a text other than the default, and what it means.
 EXAMPLES = {
@@ -41,6 +64,23 @@ EXAMPLES = {
     "log_level": ("debug", "DEBUG"),
     "shutdown_timeout": ("3.5", 3.5),
     "drain_delay": ("2", 2.0),
+    "api_tokens": (f"ci:{TOKEN}", tokens_from_list(f"ci:{TOKEN}")),
+    "api_tokens_file": ("tokens", "tokens"),
+    "read_requires_token": ("true", True),
+    "etcd_ca_file": ("ca.crt", "ca.crt"),
+    "etcd_cert_file": ("client.crt", "client.crt"),
+    "etcd_key_file": ("client.key", "client.key"),
+    "etcd_user": ("sensorstats", "sensorstats"),
+    "etcd_password_file": ("password", "password"),
+}
+# What a setting needs beside it to be accepted at all (see `_check`).
+COMPANIONS = {
+    "read_requires_token": {"api_tokens": TOKEN},
+    "etcd_ca_file": {"etcd_endpoints": "https://etcd-0:2379"},
+    "etcd_cert_file": {"etcd_endpoints": "https://etcd-0:2379", "etcd_key_file": "client.key"},
+    "etcd_key_file": {"etcd_endpoints": "https://etcd-0:2379", "etcd_cert_file": "client.crt"},
+    "etcd_user": {"etcd_endpoints": "etcd-0:2379", "etcd_password_file": "password"},
+    "etcd_password_file": {"etcd_endpoints": "etcd-0:2379", "etcd_user": "sensorstats"},
 }
 
 
@@ -104,15 +144,17 @@ def test_defaults():
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_each_variable_sets_its_setting(name):
     text, value = EXAMPLES[name]
-    assert getattr(load_settings([], env(**{name: text})), name) == value
+    companions = COMPANIONS.get(name, {})
+    assert getattr(load_settings([], env(**companions, **{name: text})), name) == value
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_each_flag_sets_its_setting(name):
     text, value = EXAMPLES[name]
     flag = OPTION_BY_NAME[name].flag
-    assert getattr(load_settings([flag, text], {}), name) == value
-    assert getattr(load_settings([f"{flag}={text}"], {}), name) == value
+    companions = env(**COMPANIONS.get(name, {}))
+    assert getattr(load_settings([flag, text], companions), name) == value
+    assert getattr(load_settings([f"{flag}={text}"], companions), name) == value
 
 
 def test_flags_override_variables():
@@ -187,6 +229,24 @@ BAD_VALUES = [
     pytest.param("receive_timeout", "inf", id="receive-timeout-inf"),
     pytest.param("max_sensors", "0", id="max-sensors-0"),
     pytest.param("max_sensors", "1e6", id="max-sensors-float"),
+    pytest.param("api_tokens", "", id="api-tokens-empty"),
+    pytest.param("api_tokens", " , ", id="api-tokens-blank-entries"),
+    pytest.param("api_tokens", "short", id="api-tokens-short"),
+    pytest.param("api_tokens", "a b:0123456789abcdef", id="api-tokens-bad-name"),
+    pytest.param("api_tokens_file", "", id="api-tokens-file-empty-name"),
+    pytest.param("api_tokens_file", "missing", id="api-tokens-file-missing"),
+    pytest.param("api_tokens_file", "empty", id="api-tokens-file-empty"),
+    pytest.param("api_tokens_file", ".", id="api-tokens-file-directory"),
+    pytest.param("read_requires_token", "maybe", id="read-requires-token-maybe"),
+    pytest.param("etcd_ca_file", "", id="etcd-ca-file-empty-name"),
+    pytest.param("etcd_ca_file", "missing", id="etcd-ca-file-missing"),
+    pytest.param("etcd_ca_file", "tokens", id="etcd-ca-file-not-pem"),
+    pytest.param("etcd_ca_file", "client.key", id="etcd-ca-file-a-key"),
+    pytest.param("etcd_cert_file", "client.key", id="etcd-cert-file-a-key"),
+    pytest.param("etcd_key_file", "client.crt", id="etcd-key-file-a-certificate"),
+    pytest.param("etcd_user", " ", id="etcd-user-blank"),
+    pytest.param("etcd_password_file", "empty", id="etcd-password-file-empty"),
+    pytest.param("etcd_password_file", "missing", id="etcd-password-file-missing"),
 ]
 
 
@@ -304,3 +364,133 @@ def test_the_readme_configuration_table_lists_every_option_with_its_default():
         row = rows[option.env]
         assert row[2].strip(" `") == option.flag
         assert row[3].strip(" `") == (option.default or "unset"), f"{option.env}: default"
+
+
+# --- access control -------------------------------------------------------------------------
+
+
+def test_a_bad_token_is_reported_without_quoting_it():
+    secret = "0123456789abcdef"
+    with pytest.raises(SettingsError) as caught:
+        load_settings([], env(api_tokens=f"{secret},{secret}x y"))
+    assert "entry 2" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert secret not in repr(load_settings([], env(api_tokens=secret)))
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        pytest.param(
+            {"api_tokens": TOKEN, "api_tokens_file": "tokens"},
+            ("SENSORSTATS_API_TOKENS", "SENSORSTATS_API_TOKENS_FILE", "both set"),
+            id="both-token-sources",
+        ),
+        pytest.param(
+            {"read_requires_token": "true"},
+            ("SENSORSTATS_READ_REQUIRES_TOKEN", "no tokens are configured"),
+            id="reads-protected-without-tokens",
+        ),
+        pytest.param(
+            {"etcd_ca_file": "ca.crt"},
+            ("SENSORSTATS_ETCD_CA_FILE", "SENSORSTATS_ETCD_ENDPOINTS", "is not"),
+            id="tls-without-etcd",
+        ),
+        pytest.param(
+            {"etcd_user": "u", "etcd_password_file": "password"},
+            ("SENSORSTATS_ETCD_USER", "SENSORSTATS_ETCD_ENDPOINTS"),
+            id="user-without-etcd",
+        ),
+        pytest.param(
+            {"etcd_endpoints": "https://a:1,http://b:2", "etcd_ca_file": "ca.crt"},
+            ("SENSORSTATS_ETCD_CA_FILE", "http://b:2", "not an https:// endpoint"),
+            id="tls-with-a-plain-endpoint",
+        ),
+        pytest.param(
+            {"etcd_endpoints": "https://a:1", "etcd_cert_file": "client.crt"},
+            ("SENSORSTATS_ETCD_CERT_FILE", "SENSORSTATS_ETCD_KEY_FILE", "set both or neither"),
+            id="certificate-without-key",
+        ),
+        pytest.param(
+            {"etcd_endpoints": "https://a:1", "etcd_key_file": "client.key"},
+            ("SENSORSTATS_ETCD_CERT_FILE", "SENSORSTATS_ETCD_KEY_FILE", "set both or neither"),
+            id="key-without-certificate",
+        ),
+        pytest.param(
+            {
+                "etcd_endpoints": "https://a:1",
+                "etcd_cert_file": "client.crt",
+                "etcd_key_file": "server.key",
+            },
+            ("server.key", "client.crt", "do not make a usable pair"),
+            id="key-of-another-certificate",
+        ),
+        pytest.param(
+            {"etcd_endpoints": "a:1", "etcd_user": "sensorstats"},
+            ("SENSORSTATS_ETCD_USER", "SENSORSTATS_ETCD_PASSWORD_FILE", "set both or neither"),
+            id="user-without-password",
+        ),
+        pytest.param(
+            {"etcd_endpoints": "a:1", "etcd_password_file": "password"},
+            ("SENSORSTATS_ETCD_USER", "SENSORSTATS_ETCD_PASSWORD_FILE", "set both or neither"),
+            id="password-without-user",
+        ),
+    ],
+)
+def test_access_settings_that_do_not_fit_together_are_refused(values, names):
+    with pytest.raises(SettingsError) as caught:
+        load_settings([], env(**values))
+    message = str(caught.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_an_encrypted_client_key_is_refused_without_prompting(example_files: Path):
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((example_files / "client.key").read_bytes(), None)
+    (example_files / "encrypted.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    values = {
+        "etcd_endpoints": "https://a:1",
+        "etcd_cert_file": "client.crt",
+        "etcd_key_file": "encrypted.key",
+    }
+    with pytest.raises(SettingsError, match="the key is encrypted"):
+        load_settings([], env(**values))
+
+
+def test_a_ca_file_with_a_broken_certificate_is_refused(example_files: Path):
+    (example_files / "broken.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(SettingsError, match=r"broken\.crt is not a usable CA certificate"):
+        load_settings([], env(etcd_endpoints="https://a:1", etcd_ca_file="broken.crt"))
+
+
+def test_the_password_file_loses_only_its_trailing_line_break():
+    from sensorstats.settings import read_password
+
+    assert read_password("password") == PASSWORD
+
+
+def test_a_complete_etcd_access_configuration_loads():
+    settings = load_settings(
+        [],
+        env(
+            etcd_endpoints="https://etcd-0:2379,https://etcd-1:2379",
+            etcd_ca_file="ca.crt",
+            etcd_cert_file="client.crt",
+            etcd_key_file="client.key",
+            etcd_user="sensorstats",
+            etcd_password_file="password",
+        ),
+    )
+    assert settings.etcd_key_file == "client.key"
+    assert PASSWORD not in repr(settings)

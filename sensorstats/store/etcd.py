@@ -40,7 +40,7 @@ from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
 from sensorstats.settings import Settings
 from sensorstats.stats import Stats
 from sensorstats.store.combining import PendingWrite, WriteCombiner
-from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
+from sensorstats.store.etcd_client import EtcdAccess, EtcdClient, EtcdFailure
 from sensorstats.store.etcd_keys import health_key, key_marker_key, marker_key, sensor_key
 from sensorstats.store.etcd_memory import SeenCache
 from sensorstats.store.etcd_txn import (
@@ -122,7 +122,7 @@ class EtcdStore:
     def from_settings(cls, settings: Settings) -> EtcdStore:
         """A store on the configured cluster; connects lazily, so etcd may be down now."""
         return cls(
-            EtcdClient(settings.etcd_endpoints),
+            EtcdClient(settings.etcd_endpoints, access=EtcdAccess.from_settings(settings)),
             prefix=settings.etcd_prefix,
             call_timeout=settings.etcd_timeout,
             write_timeout=settings.write_timeout,

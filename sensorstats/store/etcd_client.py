@@ -27,26 +27,43 @@ that failed is avoided for `AVOID_FAILED_MEMBER` seconds *while another is
 available*; when all have failed recently the least recently failed one is
 tried anyway, so no failure ever shuts the service out of a cluster that is
 back.
+
+Access (`EtcdAccess`): ``https://`` members are reached over TLS with the
+configured CA and, for ``--client-cert-auth``, a client certificate. With an
+etcd user, the client asks etcd's ``Authenticate`` for a token on first need
+and sends it as the ``token`` call metadata, as etcd's own clients do. etcd
+forgets a simple token after ``--auth-token-ttl`` (300 s) unused, a JWT
+expires, and a restarted member forgets them all: a call refused with
+"invalid auth token" fetches a new token and is sent once more. etcd checks
+the token before it proposes anything, so the refused call never took effect.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import etcd3.etcdrpc as rpc
 import grpc  # type: ignore[import-untyped]
 
 from sensorstats.errors import StoreUnavailable
-from sensorstats.settings import EtcdEndpoint
+from sensorstats.settings import EtcdEndpoint, Settings, read_password
 from sensorstats.store.events import STORE_EVENTS
 
 # Seconds a failed member is passed over while another member is available.
 AVOID_FAILED_MEMBER = 1.0
+# Seconds a refused authentication (a wrong password) is answered from memory:
+# each attempt costs etcd a bcrypt hash, and requests must not multiply them.
+AUTH_REFUSAL_MEMORY = 1.0
+
+_log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # gRPC's reconnect backoff grows to 120 s by default: after a long outage
@@ -96,6 +113,26 @@ def describe_failure(
     code: grpc.StatusCode, details: str, endpoint: str, timeout: float
 ) -> EtcdFailure:
     """Translate a gRPC status from `endpoint` into an `EtcdFailure` with a useful detail."""
+    if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TLS_FAILURES):
+        # A certificate refused is a configuration to fix, not an outage to
+        # wait out: the request fails now instead of retrying to its deadline.
+        # The member is still set aside, in case only its certificate is bad.
+        return EtcdFailure(
+            f"TLS handshake with etcd at {endpoint} failed: {_tls_reason(details)}",
+            retry_after=5,
+            transient=False,
+            suspect_member=True,
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in details:
+        # etcd's answer to a call without a token (or client certificate)
+        # while its authentication is on.
+        return EtcdFailure(
+            "etcd refused access: it requires authentication; set SENSORSTATS_ETCD_USER and "
+            "SENSORSTATS_ETCD_PASSWORD_FILE, or a client certificate whose common name is "
+            "an etcd user",
+            retry_after=5,
+            transient=False,
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return EtcdFailure(
             f"etcd at {endpoint} did not answer within {timeout:.3g} s (deadline exceeded)",
@@ -154,23 +191,176 @@ def describe_failure(
     )
 
 
+# What gRPC's details say when the TLS handshake failed or its peer was refused.
+_TLS_FAILURES = ("andshake failed", "erification check failed")
+# The hint for each reason BoringSSL gives, as far as it points at a setting.
+_TLS_HINTS = (
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "etcd's certificate is not signed by a CA in SENSORSTATS_ETCD_CA_FILE, has expired, "
+        "or does not name the host of the endpoint",
+    ),
+    (
+        "ALERT_BAD_CERTIFICATE",
+        "etcd refused the client certificate (SENSORSTATS_ETCD_CERT_FILE): missing, or not "
+        "signed by a CA in etcd's --trusted-ca-file",
+    ),
+    (
+        "ALERT_CERTIFICATE_REQUIRED",
+        "etcd requires a client certificate: set SENSORSTATS_ETCD_CERT_FILE and "
+        "SENSORSTATS_ETCD_KEY_FILE",
+    ),
+    ("WRONG_VERSION_NUMBER", "the endpoint does not speak TLS: should it be http://?"),
+    (
+        "Hostname Verification",
+        "etcd's certificate does not name the host in SENSORSTATS_ETCD_ENDPOINTS",
+    ),
+)
+
+
+def _tls_reason(details: str) -> str:
+    """BoringSSL's reason from a gRPC handshake failure, with a hint where one helps."""
+    if "OPENSSL_internal:" in details:
+        reason = details.rsplit("OPENSSL_internal:", 1)[1].removesuffix(": OK").strip()
+    else:  # what follows the peer's address, e.g. "ipv4:10.0.0.7:2379: "
+        reason = re.split(r"ipv[46]:\S+: ", details)[-1].strip()
+    for marker, hint in _TLS_HINTS:
+        if marker in details:
+            return f"{reason} ({hint})"
+    return reason
+
+
+@dataclass(frozen=True)
+class EtcdAccess:
+    """What it takes to be let in: TLS material and an etcd user. Defaults: none of it."""
+
+    ca: bytes | None = None  # PEM; None means the system's CAs
+    cert: bytes | None = None  # PEM client certificate (chain)
+    key: bytes | None = field(default=None, repr=False)
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EtcdAccess:
+        """Read the files the settings name; `load_settings` has checked them already."""
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return cls(
+            ca=read(settings.etcd_ca_file),
+            cert=read(settings.etcd_cert_file),
+            key=read(settings.etcd_key_file),
+            user=settings.etcd_user,
+            password=read_password(settings.etcd_password_file) if settings.etcd_user else "",
+        )
+
+
 @dataclass(eq=False)
 class _Member:
     endpoint: EtcdEndpoint
     channel: Any
     kv: Any
     lease: Any
+    auth: Any
     failed_at: float | None = None
 
 
-def _connect(endpoint: EtcdEndpoint) -> _Member:
+def _connect(endpoint: EtcdEndpoint, access: EtcdAccess) -> _Member:
     target = endpoint.netloc
     options = list(CHANNEL_OPTIONS)
     if endpoint.secure:
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=access.ca, private_key=access.key, certificate_chain=access.cert
+        )
+        channel = grpc.secure_channel(target, credentials, options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
-    return _Member(endpoint, channel, rpc.KVStub(channel), rpc.LeaseStub(channel))
+    return _Member(
+        endpoint, channel, rpc.KVStub(channel), rpc.LeaseStub(channel), rpc.AuthStub(channel)
+    )
+
+
+class _Renewal:
+    """One authentication in flight; the threads that need its token wait on it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.token = ""
+        self.failure: EtcdFailure | None = None
+
+
+class _AuthToken:
+    """The etcd auth token of this client, fetched when first needed and when refused.
+
+    One thread authenticates while others that need a token wait for its
+    result: a thousand requests finding the token expired cost etcd one
+    ``Authenticate``, not a thousand. A refusal is remembered for
+    `AUTH_REFUSAL_MEMORY` seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the fields below
+        self._token: str | None = None  # "" once etcd said its auth is off
+        self._renewal: _Renewal | None = None
+        self._refused: tuple[float, EtcdFailure] | None = None
+
+    def current(self) -> str | None:
+        with self._lock:
+            return self._token
+
+    def renew(self, stale: str | None, authenticate: Callable[[float], str], timeout: float) -> str:
+        """A token other than `stale`, authenticating unless another thread just did."""
+        with self._lock:
+            if self._token is not None and self._token != stale:
+                return self._token
+            if self._refused is not None:
+                refused_at, failure = self._refused
+                if self._clock() - refused_at < AUTH_REFUSAL_MEMORY:
+                    raise failure
+            renewal = self._renewal
+            leads = renewal is None
+            if renewal is None:
+                renewal = self._renewal = _Renewal()
+        if not leads:
+            if not renewal.done.wait(timeout):
+                raise EtcdFailure(
+                    f"etcd authentication did not finish within {timeout:.3g} s",
+                    retry_after=2,
+                )
+            if renewal.failure is not None:
+                raise renewal.failure
+            return renewal.token
+        try:
+            token = authenticate(timeout)
+        except EtcdFailure as failure:
+            with self._lock:
+                self._renewal = None
+                if not failure.transient:
+                    self._refused = (self._clock(), failure)
+            renewal.failure = failure
+            renewal.done.set()
+            raise
+        with self._lock:
+            self._token = token
+            self._renewal = None
+            self._refused = None
+        renewal.token = token
+        renewal.done.set()
+        return token
+
+
+def _token_refused(code: grpc.StatusCode, details: str) -> bool:
+    """etcd did not take the token (expired, forgotten, or none while auth is on)."""
+    return (code == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in details) or (
+        code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in details
+    )
+
+
+def _auth_changed(code: grpc.StatusCode, details: str) -> bool:
+    """etcd refused to apply the call because its users or roles changed meanwhile."""
+    return code == grpc.StatusCode.INVALID_ARGUMENT and "auth store is old" in details
 
 
 class EtcdClient:
@@ -184,13 +374,16 @@ class EtcdClient:
         self,
         endpoints: Sequence[EtcdEndpoint],
         *,
+        access: EtcdAccess | None = None,
         avoid_failed_member: float = AVOID_FAILED_MEMBER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = tuple(endpoints)
-        self._members = [_connect(endpoint) for endpoint in self.endpoints]
+        self._access = access or EtcdAccess()
+        self._members = [_connect(endpoint, self._access) for endpoint in self.endpoints]
+        self._token = _AuthToken(clock) if self._access.user else None
         # Instances start on different members so that they spread the load.
         self._current = random.randrange(len(self._members))  # noqa: S311
         self._avoid = avoid_failed_member
@@ -230,21 +423,80 @@ class EtcdClient:
 
     def _call(self, method: Callable[[_Member], Any], request: Any, timeout: float) -> Any:
         member = self._choose()
-        started = time.monotonic()
-        try:
-            response = method(member)(request, timeout=timeout)
-        except grpc.RpcError as error:
-            code, details = _status(error)
-            STORE_EVENTS.etcd_call(request, code.name, started)
-            failure = describe_failure(code, details, str(member.endpoint), timeout)
-            if failure.suspect_member:
-                self._failed(member)
-            raise failure from None
-        except ValueError as error:  # gRPC's answer to a call on a closed channel
-            raise EtcdFailure(f"etcd client closed: {error}", transient=False) from None
-        STORE_EVENTS.etcd_call(request, "OK", started)
-        member.failed_at = None
-        return response
+        deadline = time.monotonic() + timeout
+        token = None
+        if self._token is not None:
+            token = self._token.current()
+            if token is None:
+                token = self._authenticate(member, None, timeout)
+        # A second attempt only after etcd refused the first without acting on it.
+        for attempt in range(2):
+            started = time.monotonic()
+            left = deadline - started
+            if left <= 0:
+                # Nothing was sent: authenticating took the whole time.
+                raise EtcdFailure(
+                    f"etcd at {member.endpoint}: no time left for the call after authenticating",
+                    retry_after=2,
+                )
+            metadata = (("token", token),) if token else None
+            try:
+                response = method(member)(request, timeout=left, metadata=metadata)
+            except grpc.RpcError as error:
+                code, details = _status(error)
+                STORE_EVENTS.etcd_call(request, code.name, started)
+                if attempt == 0 and self._token is not None and _token_refused(code, details):
+                    token = self._authenticate(member, token, deadline - time.monotonic())
+                    continue
+                if attempt == 0 and _auth_changed(code, details):
+                    continue
+                failure = describe_failure(code, details, str(member.endpoint), left)
+                if failure.suspect_member:
+                    self._failed(member)
+                raise failure from None
+            except ValueError as error:  # gRPC's answer to a call on a closed channel
+                raise EtcdFailure(f"etcd client closed: {error}", transient=False) from None
+            STORE_EVENTS.etcd_call(request, "OK", started)
+            member.failed_at = None
+            return response
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _authenticate(self, member: _Member, stale: str | None, timeout: float) -> str:
+        """A token for the configured user, from `member`, replacing `stale`."""
+        assert self._token is not None
+        access = self._access
+
+        def authenticate(left: float) -> str:
+            request = rpc.AuthenticateRequest(name=access.user, password=access.password)
+            started = time.monotonic()
+            try:
+                response = member.auth.Authenticate(request, timeout=max(left, 0.001))
+            except grpc.RpcError as error:
+                code, details = _status(error)
+                STORE_EVENTS.etcd_call(request, code.name, started)
+                if code == grpc.StatusCode.FAILED_PRECONDITION and "not enabled" in details:
+                    _log.warning(
+                        "etcd user %r is configured, but etcd's authentication is off; "
+                        "calls go without a token",
+                        access.user,
+                    )
+                    return ""
+                if code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
+                    raise EtcdFailure(
+                        f"etcd refused access: authentication as user {access.user!r} failed "
+                        "(no such user, or not the password in SENSORSTATS_ETCD_PASSWORD_FILE)",
+                        retry_after=5,
+                        transient=False,
+                    ) from None
+                failure = describe_failure(code, details, str(member.endpoint), left)
+                if failure.suspect_member:
+                    self._failed(member)
+                raise failure from None
+            STORE_EVENTS.etcd_call(request, "OK", started)
+            _log.info("authenticated to etcd as %r", access.user)
+            return str(response.token)
+
+        return self._token.renew(stale, authenticate, timeout)
 
     def _choose(self) -> _Member:
         now = self._clock()
