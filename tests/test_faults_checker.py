@@ -14,8 +14,17 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tests.faults_checker import Violations, check_history
+from tests.faults_checker import (
+    SCALE_BITS,
+    Expected,
+    Final,
+    Violations,
+    check_history,
+    scaled,
+)
 from tests.faults_clients import (
     NOT_APPLIED,
     UNKNOWN,
@@ -30,7 +39,6 @@ from tests.faults_processes import Status
 from tests.faults_soak import leveling
 
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
-Final = dict[str, tuple[int, float, str | None]]
 
 
 def batch(number: int, values: list[float], *, start: float, acked: float | None) -> WriteOp:
@@ -139,6 +147,19 @@ def test_a_batch_never_acknowledged_fails_but_bounds_the_final_count() -> None:
     assert "sensors whose final state on a is wrong" in kinds(
         check(history_of(FIRST, lost), too_many)
     )
+
+
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(10**30), 10**30)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_scaled_sum_is_the_fraction_oracle(values: list[float | int]) -> None:
+    expected = Expected(len(values), sum(scaled(v) for v in values), None)
+    assert expected.total == sum(map(Fraction, values)) * 2**SCALE_BITS
+    assert expected.avg == float(sum(map(Fraction, values)) / len(values))
 
 
 def problem(detail: str) -> bytes:
