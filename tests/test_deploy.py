@@ -1,8 +1,9 @@
-"""Offline checks of the deployment files: Dockerfile, .dockerignore, kube/ and kube/edge/.
+"""Offline checks of the deployment files: Dockerfile, .dockerignore, kube/ and its overlays.
 
 The manifest a reviewer applies is kube/sensorstats.yaml, the whole system in
-one file; the edge profile is the kustomize overlay kube/edge/, rendered here
-with the pinned kubectl's built-in kustomize. Linters (hadolint,
+one file; the edge and secure profiles are the kustomize overlays kube/edge/
+and kube/secure/, rendered here with the pinned kubectl's built-in kustomize
+(the secure one after its make-secrets.sh wrote the files its Secrets hold). Linters (hadolint,
 kubernetes-validate, yamllint) catch what is malformed; the semantic tests,
 run on both profiles, catch manifests that are well-formed but would not work
 together: a probe on a route the app does not serve, an etcd endpoint list
@@ -13,6 +14,7 @@ tests/image_check.py builds and runs the image for real.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -37,6 +39,9 @@ KUBE = ROOT / "kube"
 # The one file `kubectl apply -f` takes: etcd, the app, Services, budgets, policy.
 MANIFEST = KUBE / "sensorstats.yaml"
 EDGE = KUBE / "edge"
+SECURE = KUBE / "secure"
+# The namespace the secure profile's certificates are made for, here.
+SECURE_NAMESPACE = "sensors"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 YAMLLINT_CONFIG = ROOT / ".yamllint"
@@ -117,6 +122,31 @@ def edge_rendering(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _make_secrets(directory: Path, *args: str) -> None:
+    """kube/secure/make-secrets.sh, as the README runs it, writing into `directory`."""
+    _executable("openssl")
+    script = SECURE / "make-secrets.sh"
+    result = _run(["sh", str(script), "-d", str(directory), *args])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def secure_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kube/base and kube/secure copied, with the Secrets' files made by make-secrets.sh."""
+    kube = tmp_path_factory.mktemp("secure") / "kube"
+    shutil.copytree(KUBE / "base", kube / "base")
+    shutil.copytree(SECURE, kube / "secure")
+    _make_secrets(kube / "secure" / "secrets", "-n", SECURE_NAMESPACE)
+    return kube / "secure"
+
+
+@pytest.fixture(scope="module")
+def secure_rendering(secure_copy: Path) -> Path:
+    path = secure_copy.parent / "secure.yaml"
+    path.write_text(_kustomize(secure_copy))
+    return path
+
+
 def _validate(paths: list[Path], which: str) -> None:
     command = _python_module("kubernetes_validate")
     from kubernetes_validate import utils
@@ -136,9 +166,26 @@ def test_the_edge_rendering_is_valid_kubernetes_objects(edge_rendering: Path, wh
     _validate([edge_rendering], which)
 
 
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_the_secure_rendering_is_valid_kubernetes_objects(
+    secure_rendering: Path, which: str
+) -> None:
+    _validate([secure_rendering], which)
+
+
+def test_the_secure_overlay_needs_its_secrets_made_first(tmp_path: Path) -> None:
+    """Rendered from a clean checkout, it fails, naming the file make-secrets.sh writes."""
+    shutil.copytree(KUBE / "base", tmp_path / "base")
+    shutil.copytree(SECURE, tmp_path / "secure", ignore=shutil.ignore_patterns("secrets"))
+    result = _run([_kubectl(), "kustomize", str(tmp_path / "secure")])
+    assert result.returncode != 0
+    assert "secrets/" in result.stderr
+
+
 def test_yaml_files_pass_yamllint() -> None:
     command = _python_module("yamllint")
-    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/base/", "kube/edge/", ".yamllint"]
+    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/base/", "kube/edge/", "kube/secure/"]
+    args.append(".yamllint")
     result = _run([*command, *args])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -185,11 +232,13 @@ class Profile:
 
     etcd_members: int
     app_replicas: int
+    scheme: str = "http"  # of etcd's client and peer URLs
 
 
 PROFILES = {
     "standard": Profile(etcd_members=3, app_replicas=2),
     "edge": Profile(etcd_members=1, app_replicas=2),
+    "secure": Profile(etcd_members=3, app_replicas=2, scheme="https"),
 }
 
 
@@ -213,10 +262,10 @@ def standard_objects() -> list[Manifest]:
 def objects(
     profile_name: str, standard_objects: list[Manifest], request: pytest.FixtureRequest
 ) -> list[Manifest]:
-    """The objects a profile applies: the manifest, or the edge overlay's rendering."""
+    """The objects a profile applies: the manifest, or an overlay's rendering."""
     if profile_name == "standard":
         return standard_objects
-    rendering: Path = request.getfixturevalue("edge_rendering")
+    rendering: Path = request.getfixturevalue(f"{profile_name}_rendering")
     return _load(rendering.read_text())
 
 
@@ -335,25 +384,62 @@ def test_probe_paths_are_served_by_the_app(app: Manifest) -> None:
         assert client.simulate_get(path).status_code == 204, path
 
 
-def test_app_environment_names_real_settings(app: Manifest, profile: Profile) -> None:
+def _secret_files(
+    objects: list[Manifest], deployment: Manifest, container: Manifest, directory: Path
+) -> dict[str, str]:
+    """Each file path the container can read from a mounted Secret, and a local copy of it.
+
+    The copy holds what the Secret does, so the app's own settings checks can
+    read it as they would in the pod.
+    """
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in _pod_spec(deployment).get("volumes", [])}
+    files: dict[str, str] = {}
+    for mount in container.get("volumeMounts", []):
+        source = volumes[mount["name"]].get("secret")
+        if source is None:
+            continue
+        assert "subPath" not in mount, "a subPath mount never sees the Secret's updates"
+        for key, data in secrets[source["secretName"]]["data"].items():
+            local = directory / source["secretName"] / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(base64.b64decode(data))
+            files[f"{mount['mountPath']}/{key}"] = str(local)
+    return files
+
+
+def test_app_environment_names_real_settings(
+    objects: list[Manifest],
+    deployment: Manifest,
+    app: Manifest,
+    profile: Profile,
+    tmp_path: Path,
+) -> None:
     """A misspelt variable would be ignored silently and the default used."""
     settings = pytest.importorskip("sensorstats.settings")
     env = _env(app)
     known = {option.env for option in settings.OPTIONS}
     assert {name for name in env if name.startswith("SENSORSTATS_")} <= known
+    # A file setting must name a file that a mounted Secret provides.
+    files = _secret_files(objects, deployment, app, tmp_path)
+    for name, value in env.items():
+        if name.endswith("_FILE"):
+            assert value in files, f"{name}={value} is in no mounted Secret"
+            env[name] = files[value]
     loaded = settings.load_settings([], environ=env)  # raises on a value the app rejects
     assert len(loaded.etcd_endpoints) == profile.etcd_members
+    assert {e.secure for e in loaded.etcd_endpoints} == {profile.scheme == "https"}
     assert loaded.port == APP_PORT
 
 
 def test_etcd_endpoints_name_every_statefulset_member(
-    objects: list[Manifest], app: Manifest, statefulset: Manifest, etcd: Manifest
+    objects: list[Manifest], app: Manifest, statefulset: Manifest, etcd: Manifest, profile: Profile
 ) -> None:
     headless = _one(objects, "Service", statefulset["spec"]["serviceName"])
     client_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "client")
     name = statefulset["metadata"]["name"]
     expected = [
-        f"http://{name}-{i}.{headless['metadata']['name']}:{client_port}"
+        f"{profile.scheme}://{name}-{i}.{headless['metadata']['name']}:{client_port}"
         for i in range(statefulset["spec"]["replicas"])
     ]
     assert _env(app)["SENSORSTATS_ETCD_ENDPOINTS"].split(",") == expected
@@ -383,7 +469,7 @@ def test_etcd_bootstraps_its_members_by_stable_names(
     flags = _flags(etcd)
 
     def peer_url(pod: str) -> str:
-        return f"http://{pod}.{service}.$(POD_NAMESPACE).svc:2380"
+        return f"{profile.scheme}://{pod}.{service}.$(POD_NAMESPACE).svc:2380"
 
     members = [f"{name}-{i}" for i in range(replicas)]
     assert flags["--initial-cluster"] == ",".join(f"{m}={peer_url(m)}" for m in members)
@@ -407,8 +493,7 @@ def test_etcd_compacts_history_within_a_quota_its_volume_holds(
     assert storage.endswith("Gi")
     # The database plus one snapshot received from the leader must fit.
     assert 0 < 2 * quota <= int(storage[:-2]) * 2**30
-    (mount,) = etcd["volumeMounts"]
-    assert mount["name"] == claim["metadata"]["name"]
+    (mount,) = [m for m in etcd["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
     assert flags["--data-dir"].startswith(mount["mountPath"] + "/")
 
 
@@ -590,6 +675,160 @@ def test_the_edge_profile_fits_a_small_node(
     assert int(_env(edge_app)["SENSORSTATS_THREADS"]) < int(
         _env(standard_app).get("SENSORSTATS_THREADS", "16")
     )
+
+
+# --- the secure profile ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secure_objects(secure_rendering: Path) -> list[Manifest]:
+    return _load(secure_rendering.read_text())
+
+
+def _secret_data(objects: list[Manifest], volume: Manifest, key: str) -> bytes:
+    (secret,) = [
+        o
+        for o in objects
+        if o["kind"] == "Secret" and o["metadata"]["name"] == volume["secret"]["secretName"]
+    ]
+    return base64.b64decode(secret["data"][key])
+
+
+def test_the_secure_app_needs_tokens_and_speaks_tls_to_etcd(
+    secure_objects: list[Manifest], tmp_path: Path
+) -> None:
+    settings = pytest.importorskip("sensorstats.settings")
+    deployment = _one(secure_objects, "Deployment", "sensorstats")
+    app = _container(deployment, "sensorstats")
+    env = _env(app)
+    files = _secret_files(secure_objects, deployment, app, tmp_path)
+    env.update({name: files[value] for name, value in env.items() if name.endswith("_FILE")})
+    loaded = settings.load_settings([], environ=env)
+    assert loaded.api_tokens_file
+    assert loaded.etcd_ca_file
+    assert loaded.etcd_cert_file
+    assert loaded.etcd_key_file
+    assert all(endpoint.secure for endpoint in loaded.etcd_endpoints)
+    from sensorstats.auth import read_tokens_file
+
+    assert len(read_tokens_file(loaded.api_tokens_file)) >= 1
+
+
+def test_secure_etcd_demands_client_certificates_on_both_ports(
+    secure_objects: list[Manifest],
+) -> None:
+    statefulset = _one(secure_objects, "StatefulSet", "etcd")
+    etcd = _container(statefulset, "etcd")
+    flags = _flags(etcd)
+    assert flags["--client-cert-auth"] == flags["--peer-client-cert-auth"] == "true"
+    for flag in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls"):
+        assert flags[flag].startswith("https://"), flag
+    assert flags["--initial-advertise-peer-urls"].startswith("https://")
+    assert "http://" not in flags["--initial-cluster"]
+    # The kubelet's probes stay on the plain metrics port, which serves no keys.
+    assert flags["--listen-metrics-urls"].startswith("http://")
+    (mount,) = [m for m in etcd["volumeMounts"] if m["name"] != "data"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in _pod_spec(statefulset)["volumes"] if v["name"] == mount["name"]]
+    for flag in (
+        "--cert-file",
+        "--key-file",
+        "--trusted-ca-file",
+        "--peer-cert-file",
+        "--peer-key-file",
+        "--peer-trusted-ca-file",
+    ):
+        directory, _, key = flags[flag].rpartition("/")
+        assert directory == mount["mountPath"], flag
+        assert b"-----BEGIN " in _secret_data(secure_objects, volume, key), flag
+
+
+def test_the_certificates_name_every_address_and_chain_to_the_ca(
+    secure_objects: list[Manifest],
+) -> None:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    statefulset = _one(secure_objects, "StatefulSet", "etcd")
+    (member_volume,) = _pod_spec(statefulset)["volumes"]
+    deployment = _one(secure_objects, "Deployment", "sensorstats")
+    (client_volume,) = [v for v in _pod_spec(deployment)["volumes"] if v["name"] == "etcd-tls"]
+
+    def certificate(volume: Manifest, key: str) -> Any:
+        return x509.load_pem_x509_certificate(_secret_data(secure_objects, volume, key))
+
+    ca = certificate(member_volume, "ca.crt")
+    assert certificate(client_volume, "ca.crt") == ca
+    member = certificate(member_volume, "member.crt")
+    client = certificate(client_volume, "client.crt")
+    member.verify_directly_issued_by(ca)
+    client.verify_directly_issued_by(ca)
+    alternative = member.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(alternative.get_values_for_type(x509.DNSName))
+    # The hosts the app dials (SENSORSTATS_ETCD_ENDPOINTS), and those the peers dial.
+    endpoints = _env(_container(deployment, "sensorstats"))["SENSORSTATS_ETCD_ENDPOINTS"]
+    dialled = {url.split("//")[1].rsplit(":", 1)[0] for url in endpoints.split(",")}
+    replicas = statefulset["spec"]["replicas"]
+    peers = {f"etcd-{i}.etcd.{SECURE_NAMESPACE}.svc" for i in range(replicas)}
+    assert len(dialled) == replicas
+    assert dialled | peers <= names
+    usages = set(member.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= usages
+    usages = set(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    # etcd takes the common name as the user name when its RBAC is on.
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "sensorstats"
+
+
+def test_the_ca_key_is_in_no_secret(secure_objects: list[Manifest], secure_copy: Path) -> None:
+    ca_key = (secure_copy / "secrets" / "ca.key").read_bytes()
+    for secret in (o for o in secure_objects if o["kind"] == "Secret"):
+        assert "ca.key" not in secret["data"]
+        assert all(base64.b64decode(v) != ca_key for v in secret["data"].values())
+
+
+def test_token_updates_reach_running_pods_and_new_certificates_roll_them(
+    secure_objects: list[Manifest],
+) -> None:
+    secrets = {o["metadata"]["name"] for o in secure_objects if o["kind"] == "Secret"}
+    # The token Secret keeps its name: `kubectl apply` updates it in place, the
+    # kubelet updates the mounted file, and the app re-reads it.
+    assert "sensorstats-api-tokens" in secrets
+    # The certificate Secrets are named after their content: new certificates
+    # change the pod templates, which rolls the pods one at a time.
+    for base in ("etcd-tls", "sensorstats-etcd-tls"):
+        assert [s for s in secrets if s.rsplit("-", 1)[0] == base and s != base], base
+    deployment = _one(secure_objects, "Deployment", "sensorstats")
+    app = _container(deployment, "sensorstats")
+    (mount,) = [m for m in app["volumeMounts"] if m["name"] == "api-tokens"]
+    assert "subPath" not in mount
+    assert _env(app)["SENSORSTATS_API_TOKENS_FILE"].startswith(mount["mountPath"] + "/")
+    # Group-readable only, by the group the pod's files belong to.
+    assert _pod_spec(deployment)["securityContext"]["fsGroup"] == 10001
+    for volume in _pod_spec(deployment)["volumes"]:
+        if "secret" in volume:
+            assert volume["secret"]["defaultMode"] == 0o440, volume["name"]
+
+
+def test_make_secrets_renews_certificates_but_keeps_the_ca_and_the_tokens(
+    tmp_path: Path,
+) -> None:
+    x509 = pytest.importorskip("cryptography.x509")
+    _make_secrets(tmp_path)
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    keys = ["client.key", "member.key"]
+    certificates = ["ca.crt", "client.crt", "member.crt"]
+    assert sorted(first) == sorted([".gitignore", "api-tokens", "ca.key", *keys, *certificates])
+    assert first[".gitignore"] == b"*\n"  # never committed
+    assert oct((tmp_path / "ca.key").stat().st_mode & 0o777) == oct(0o600)
+    _make_secrets(tmp_path)
+    second = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for kept in ("ca.crt", "ca.key", "api-tokens"):
+        assert second[kept] == first[kept], kept
+    for renewed in ("member.crt", "member.key", "client.crt", "client.key"):
+        assert second[renewed] != first[renewed], renewed
+    ca = x509.load_pem_x509_certificate(second["ca.crt"])
+    x509.load_pem_x509_certificate(second["member.crt"]).verify_directly_issued_by(ca)
 
 
 # --- Dockerfile ----------------------------------------------------------------
