@@ -349,6 +349,22 @@ def test_keys_outside_the_users_role_are_refused_with_a_503(
         store.close()
 
 
+def test_with_rbac_a_client_certificate_alone_acts_as_its_common_name(
+    rbac_etcd: TlsEtcdProcess, pki: Pki, counter: CallCounter
+) -> None:
+    """No password at all: etcd takes the certificate's CN (sensorstats) as the user."""
+    store = store_for(rbac_etcd, access(pki))
+    elsewhere = store_for(rbac_etcd, access(pki), prefix="/elsewhere/")
+    try:
+        store.apply(sample_stats())
+        assert store.get("abc").count >= 1
+        refused_promptly(elsewhere, "etcd refused access: etcdserver: permission denied")
+        assert counter.calls["Authenticate"] == 0
+    finally:
+        store.close()
+        elsewhere.close()
+
+
 def expire_tokens(member: TlsEtcdProcess) -> None:
     """Wait until etcd has dropped every token unused since now (--auth-token-ttl=1)."""
     channel = admin_channel(member)
