@@ -217,7 +217,11 @@ def nemesis(cluster: Cluster, clients: Clients) -> None:
     time.sleep(QUIET)
     for proxy in cluster.proxies:
         proxy.stall()
-    log(f"nemesis: stalled {cut.name}'s connections to etcd (nothing forwarded, nothing closed)")
+    stalled = sum(proxy.open_connections() for proxy in cluster.proxies)
+    log(
+        f"nemesis: stalled {cut.name}'s {stalled} connections to etcd "
+        f"(nothing forwarded, nothing closed)"
+    )
     time.sleep(STALL_SECONDS)
     for proxy in cluster.proxies:
         proxy.restore()

@@ -57,7 +57,6 @@ class _Pair:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
         self.upstream = upstream
-        self.closed = False
 
     def interrupt(self) -> None:
         """Wake the forwarding thread from a blocking call; it then resets both sides."""
@@ -83,7 +82,6 @@ class TcpProxy:
         self._pairs: set[_Pair] = set()
         self._threads: list[threading.Thread] = []
         self._running = False
-        self.accepted = 0
         self.reset = 0  # connections this proxy reset (refused or cut)
 
     # --- control -----------------------------------------------------------
@@ -134,6 +132,7 @@ class TcpProxy:
             self._listener.close()
 
     def open_connections(self) -> int:
+        """Connections being forwarded (or stalled) now."""
         with self._lock:
             return len(self._pairs)
 
@@ -155,7 +154,6 @@ class TcpProxy:
             except OSError:
                 return  # the listener was closed
             with self._lock:
-                self.accepted += 1
                 refusing = self._mode is Mode.REFUSE
                 if refusing:
                     self.reset += 1
