@@ -114,7 +114,7 @@ def failure_kind(error: BaseException | None, status: int, body: bytes) -> tuple
         detail = problem_detail(body)
         # The circuit breaker's fast failure never reached etcd; its detail
         # quotes the failure that opened it, which may say "outcome is unknown".
-        if detail.startswith("the store failed") and "circuit breaker" in detail:
+        if detail.startswith("not sent to the store"):
             return "503 circuit breaker open", NOT_APPLIED
         if "were applied" in detail:
             return "503 partly applied", PARTLY_APPLIED

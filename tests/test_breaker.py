@@ -261,3 +261,12 @@ def test_it_describes_and_closes_the_store_it_wraps(breaker, inner):
     assert breaker.description == "a flaky store, behind a circuit breaker"
     breaker.close()
     assert inner.closed
+
+
+def test_a_fast_failure_says_first_that_the_request_was_not_sent(breaker, inner):
+    inner.failure = StoreUnavailable("the outcome is unknown: etcd did not confirm in time")
+    fail(breaker, 3)
+    with pytest.raises(CircuitOpen) as refused:
+        breaker.apply({})
+    # A client reading the detail learns its own outcome first, not the quoted one.
+    assert refused.value.detail.startswith("not sent to the store")

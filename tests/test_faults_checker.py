@@ -173,8 +173,8 @@ def problem(detail: str) -> bytes:
         ("the update was not applied within the write deadline (5 s): no leader", NOT_APPLIED),
         # The breaker never asked etcd, whatever the failure it quotes says.
         (
-            "the store failed 5 times in a row, most recently: the outcome is unknown: ...; "
-            "not calling it for another 1.2 s (circuit breaker open)",
+            "not sent to the store: not calling it for another 1.2 s (circuit breaker open); "
+            "the store failed 5 times in a row, most recently: the outcome is unknown: ...",
             NOT_APPLIED,
         ),
         ("etcd unavailable; the first 1 (127 of 200 sensors) were applied", "partly applied"),

@@ -134,15 +134,15 @@ class BreakerStore:
             now = self._clock()
             if self._trial_running:
                 raise CircuitOpen(
-                    f"{self._summary()}; one trial call is checking whether it is back "
-                    f"(circuit breaker half-open)",
+                    f"not sent to the store: one trial call is checking whether it is back "
+                    f"(circuit breaker half-open); {self._summary()}",
                     retry_after=1,
                 )
             if now < self._retry_at:
                 wait = self._retry_at - now
                 raise CircuitOpen(
-                    f"{self._summary()}; not calling it for another {wait:.1f} s "
-                    f"(circuit breaker open)",
+                    f"not sent to the store: not calling it for another {wait:.1f} s "
+                    f"(circuit breaker open); {self._summary()}",
                     retry_after=max(1, math.ceil(wait)),
                 )
             self._trial_running = True
@@ -203,6 +203,8 @@ class BreakerStore:
         return interval
 
     def _summary(self) -> str:
+        # Leads with what happened to *this* request: it was never sent, so a
+        # client must not read the quoted failure as its own outcome.
         return (
             f"the store failed {self._failures} times in a row, most recently: {self._last_failure}"
         )
