@@ -192,6 +192,8 @@ def test_a_changed_token_file_is_read_again_at_most_once_a_second(tmp_path: Path
     clock = Clock()
     source = TokenFile(str(path), clock=clock)
     assert source.current().identify(WRITER) is not None
+    clock.now += 1.1
+    assert source.current().identify(WRITER) is not None  # looked at: unchanged
     rewrite(path, READER + "\n")
     clock.now += 0.5
     assert source.current().identify(WRITER) is not None  # not looked at yet

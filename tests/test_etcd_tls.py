@@ -30,9 +30,17 @@ from sensorstats.errors import StoreUnavailable
 from sensorstats.settings import EtcdEndpoint, Settings
 from sensorstats.stats import Stats, Timestamp
 from sensorstats.store.etcd import EtcdStore
-from sensorstats.store.etcd_client import EtcdAccess, EtcdClient, describe_failure
+from sensorstats.store.etcd_client import (
+    AUTH_REFUSAL_MEMORY,
+    EtcdAccess,
+    EtcdClient,
+    EtcdFailure,
+    _AuthToken,
+    describe_failure,
+)
 from sensorstats.store.events import STORE_EVENTS
 from tests.etcd_tls import Pki, TlsEtcdProcess, enable_auth, make_pki, start_tls_etcd
+from tests.ports import free_ports
 from tests.service import ROOT, start_service, statistics_path
 
 USER = "sensorstats"
@@ -185,6 +193,10 @@ BAD_CERTIFICATE = (
         ),
         (BAD_CERTIFICATE, "SSLV3_ALERT_BAD_CERTIFICATE (etcd refused the client certificate"),
         (
+            VERIFY_FAILED.replace("CERTIFICATE_VERIFY_FAILED: unable to get local issuer", "X"),
+            "failed: X certificate",  # no hint for a reason it does not know
+        ),
+        (
             WRONG_HOST,
             "failed: Custom verification check failed with error: UNAUTHENTICATED: Hostname "
             "Verification Check failed. (etcd's certificate does not name the host",
@@ -214,6 +226,120 @@ def test_access_refusals_are_final_and_say_so(code: Code, details: str, says: st
     assert says in failure.detail
     assert not failure.transient  # no circuit breaker opens for a refusal
     assert failure.retry_after == 5
+
+
+# --- one renewal for all: the auth token alone -------------------------------------------
+
+
+class Authenticator:
+    """Stands in for etcd's Authenticate: counts calls, may block, may fail."""
+
+    def __init__(self, failure: EtcdFailure | None = None) -> None:
+        self.calls = 0
+        self.failure = failure
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
+
+    def __call__(self, timeout: float) -> str:
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(PROMPT)
+        if self.failure is not None:
+            raise self.failure
+        return f"token-{self.calls}"
+
+
+def test_threads_that_need_a_token_at_once_share_one_authentication() -> None:
+    token = _AuthToken(time.monotonic)
+    authenticate = Authenticator()
+    authenticate.release.clear()
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(token.renew(None, authenticate, PROMPT)))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    assert authenticate.entered.wait(PROMPT)
+    time.sleep(0.05)  # let the others queue behind the one authenticating
+    authenticate.release.set()
+    for thread in threads:
+        thread.join(PROMPT)
+    assert results == ["token-1"] * 8
+    assert authenticate.calls == 1
+    # A thread whose call was refused with an older token takes the new one.
+    assert token.renew("token-0", authenticate, PROMPT) == "token-1"
+    assert token.renew("token-1", authenticate, PROMPT) == "token-2"
+    assert token.current() == "token-2"
+
+
+def test_a_refused_authentication_reaches_every_waiter_and_is_remembered_a_while() -> None:
+    now = [0.0]
+    token = _AuthToken(lambda: now[0])
+    refusal = EtcdFailure("etcd refused access: no", transient=False)
+    authenticate = Authenticator(refusal)
+    authenticate.release.clear()
+    failures: list[str] = []
+
+    def renew() -> None:
+        try:
+            token.renew(None, authenticate, PROMPT)
+        except EtcdFailure as failure:
+            failures.append(failure.detail)
+
+    threads = [threading.Thread(target=renew) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert authenticate.entered.wait(PROMPT)
+    time.sleep(0.05)
+    authenticate.release.set()
+    for thread in threads:
+        thread.join(PROMPT)
+    assert failures == ["etcd refused access: no"] * 4
+    with pytest.raises(EtcdFailure, match="refused access"):
+        token.renew(None, authenticate, PROMPT)  # from memory
+    assert authenticate.calls == 1
+    now[0] += AUTH_REFUSAL_MEMORY
+    authenticate.failure = None
+    assert token.renew(None, authenticate, PROMPT) == "token-2"
+
+
+def test_an_outage_during_authentication_is_not_remembered() -> None:
+    token = _AuthToken(time.monotonic)
+    authenticate = Authenticator(EtcdFailure("etcd unavailable", transient=True))
+    with pytest.raises(EtcdFailure, match="unavailable"):
+        token.renew(None, authenticate, PROMPT)
+    authenticate.failure = None
+    assert token.renew(None, authenticate, PROMPT) == "token-2"
+
+
+def test_a_waiter_gives_up_at_its_own_deadline() -> None:
+    token = _AuthToken(time.monotonic)
+    authenticate = Authenticator()
+    authenticate.release.clear()
+    leader = threading.Thread(target=lambda: token.renew(None, authenticate, PROMPT))
+    leader.start()
+    assert authenticate.entered.wait(PROMPT)
+    with pytest.raises(EtcdFailure, match=r"did not finish within 0\.05 s"):
+        token.renew(None, authenticate, 0.05)
+    authenticate.release.set()
+    leader.join(PROMPT)
+    assert token.current() == "token-1"
+
+
+def test_an_etcd_unreachable_while_authenticating_is_an_outage_like_any_other() -> None:
+    (port,) = free_ports(1)
+    client = EtcdClient(
+        [EtcdEndpoint("127.0.0.1", port)], access=EtcdAccess(user=USER, password=PASSWORD)
+    )
+    try:
+        with pytest.raises(EtcdFailure, match="etcd unavailable") as failed:
+            client.range(rpc.RangeRequest(key=b"/probe"), PROMPT)
+        assert failed.value.transient  # the breaker counts it; nothing is remembered
+        assert not failed.value.outcome_unknown
+    finally:
+        client.close()
 
 
 # --- TLS with client certificates -------------------------------------------------------

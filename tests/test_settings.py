@@ -35,6 +35,7 @@ def example_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "tokens").write_text(f"ci:{TOKEN}\n")
     (directory / "password").write_text(PASSWORD + "\r\n")
     (directory / "empty").write_text("")
+    (directory / "latin-1").write_bytes("pässword".encode("latin-1"))
     return directory
 
 
@@ -247,6 +248,7 @@ BAD_VALUES = [
     pytest.param("etcd_user", " ", id="etcd-user-blank"),
     pytest.param("etcd_password_file", "empty", id="etcd-password-file-empty"),
     pytest.param("etcd_password_file", "missing", id="etcd-password-file-missing"),
+    pytest.param("etcd_password_file", "latin-1", id="etcd-password-file-not-utf8"),
 ]
 
 
