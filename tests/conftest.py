@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import hypothesis
 import pytest
 
 from sensorstats.store import Store
@@ -19,6 +20,28 @@ from tests.etcd_process import (
     etcd_settings,
     start_etcd,
 )
+
+# Hypothesis profiles. CI (`CI` set, as `missing` reads it) runs more
+# examples, the same ones every run (derandomized: a red build is never luck
+# of the draw, and no example database carries over), without a deadline or
+# the too-slow check (a shared runner stalls), and prints a failing example as
+# a blob that `@reproduce_failure` replays. Locally, Hypothesis's defaults.
+# Both derive from "default": Hypothesis loads its own "ci" profile on import
+# when it sees a CI variable, even an empty one. Tests that set their own
+# settings keep them; `--hypothesis-profile` picks a profile explicitly.
+_defaults = hypothesis.settings.get_profile("default")
+hypothesis.settings.register_profile(
+    "ci",
+    _defaults,
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.register_profile("dev", _defaults, print_blob=True)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def missing(what: str) -> NoReturn:
