@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sensorstats.settings import EtcdEndpoint, Settings
+from tests.harness import SetupFailed
 from tests.ports import free_ports
 
 try:
@@ -31,8 +32,8 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
-class EtcdUnavailableForTests(RuntimeError):
-    """The etcd binary is not installed here."""
+class EtcdUnavailableForTests(SetupFailed):
+    """The etcd binary is not installed here; for a script, its set-up failed (exit 2)."""
 
 
 def etcd_binary() -> str:
@@ -203,6 +204,27 @@ class EtcdProcess:
             process.wait(STOP_TIMEOUT)
 
 
+def new_cluster(
+    directory: Path, names: Sequence[str], extra_args: Sequence[str] = ()
+) -> list[EtcdProcess]:
+    """Members that form one new cluster on free loopback ports, not started yet."""
+    ports = free_ports(2 * len(names))
+    initial = ",".join(
+        f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names)
+    )
+    return [
+        EtcdProcess(
+            directory / name,
+            name=name,
+            client_port=ports[2 * i],
+            peer_port=ports[2 * i + 1],
+            initial_cluster=initial,
+            extra_args=extra_args,
+        )
+        for i, name in enumerate(names)
+    ]
+
+
 @contextmanager
 def start_etcd(
     directory: Path, *, name: str = "default", extra_args: Sequence[str] = ()
@@ -220,22 +242,7 @@ def start_cluster(
     directory: Path, *, size: int = 3, extra_args: Sequence[str] = ()
 ) -> Iterator[list[EtcdProcess]]:
     """A running cluster of `size` members on loopback, all stopped on exit."""
-    ports = free_ports(2 * size)
-    names = [f"member{i}" for i in range(size)]
-    initial = ",".join(
-        f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names)
-    )
-    members = [
-        EtcdProcess(
-            directory / name,
-            name=name,
-            client_port=ports[2 * i],
-            peer_port=ports[2 * i + 1],
-            initial_cluster=initial,
-            extra_args=extra_args,
-        )
-        for i, name in enumerate(names)
-    ]
+    members = new_cluster(directory, [f"member{i}" for i in range(size)], extra_args)
     with ExitStack() as stack:
         for member in members:
             stack.callback(member.stop)

@@ -44,32 +44,22 @@ import argparse
 import contextlib
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: `python tests/faults.py`
     sys.path.insert(0, str(ROOT))
 
-from tests.etcd_process import EtcdProcess, EtcdUnavailableForTests, etcd_binary  # noqa: E402
+from tests.etcd_process import etcd_binary, new_cluster  # noqa: E402
 from tests.faults_checker import Violations, check_history  # noqa: E402
 from tests.faults_clients import READERS, WRITERS, Clients, History, final_statistics  # noqa: E402
-from tests.faults_processes import (  # noqa: E402
-    CheckFailed,
-    Instance,
-    SetupFailed,
-    leader_of,
-    log,
-    member_running,
-    now,
-)
-from tests.faults_soak import ensure_wrk, run_soak  # noqa: E402
+from tests.faults_processes import Instance, leader_of, member_running, now  # noqa: E402
+from tests.faults_soak import run_soak  # noqa: E402
+from tests.harness import CheckFailed, ensure_program, log, run_script, time_limit  # noqa: E402
 from tests.ports import free_ports  # noqa: E402
 from tests.tcp_proxy import TcpProxy  # noqa: E402
 
@@ -84,31 +74,13 @@ CUT_SECONDS = 5.0
 STALL_SECONDS = 7.0
 
 
-class SuiteTimeout(Exception):
-    """OVERALL_TIMEOUT ran out."""
-
-
 class Cluster:
     """The fault run's processes: etcd members, the proxies of `b`, the instances."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        ports = free_ports(6)
-        names = [f"etcd-{i}" for i in range(3)]
-        initial = ",".join(
-            f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names)
-        )
-        self.members = [
-            EtcdProcess(
-                directory / name,
-                name=name,
-                client_port=ports[2 * i],
-                peer_port=ports[2 * i + 1],
-                initial_cluster=initial,
-            )
-            for i, name in enumerate(names)
-        ]
+        self.members = new_cluster(directory, [f"etcd-{i}" for i in range(3)])
         self.proxies = [
             TcpProxy(member.client_port, name=f"proxy-{member.name}") for member in self.members
         ]
@@ -279,20 +251,6 @@ def run_faults(directory: Path, seed: int, *, keys: bool = True) -> Violations:
         cluster.stop()
 
 
-@contextlib.contextmanager
-def time_limit(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise SuiteTimeout(f"the fault suite took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["faults", "soak"], help="run one part only")
@@ -306,16 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keep-logs", action="store_true", help="keep the logs and the history after a pass too"
     )
     options = parser.parse_args(argv)
-    # A SIGTERM (tox or CI giving up) unwinds like Ctrl-C: every finally stops its processes.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     seed = options.seed if options.seed is not None else random.randrange(1_000_000)
     directory = Path(tempfile.mkdtemp(prefix="sensorstats-faults-"))
-    status = 2
     violations = Violations()
-    try:
+
+    def work() -> int:
         etcd_binary()
-        wrk = ensure_wrk() if options.only != "faults" else ""
-        with time_limit(OVERALL_TIMEOUT):
+        wrk = ensure_program("wrk") if options.only != "faults" else ""
+        with time_limit(OVERALL_TIMEOUT, "the fault suite"):
             if options.only != "soak":
                 log(f"part 1: faults (workload seed {seed}: --seed {seed} sends the same batches)")
                 faults = run_faults(directory / "faults", seed, keys=not options.without_keys)
@@ -323,15 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if options.only != "faults":
                 log("part 2: etcd space under sustained load")
                 violations.extend(run_soak(directory / "soak", wrk))
-        status = 1 if violations else 0
-    except (EtcdUnavailableForTests, SetupFailed) as problem:
-        log(f"SETUP FAILED: {problem}")
-    except (CheckFailed, SuiteTimeout) as failure:
-        log(f"FAILED: {failure}")
-        status = 1
-    except Exception:  # a bug here or an answer of an unexpected shape
-        log(f"FAILED with an unexpected error:\n{traceback.format_exc()}")
-        status = 1
+        return 1 if violations else 0
+
+    # Every process is stopped by the finally clause of the part that started it.
+    status = run_script(work)
     violations.report()
     if status == 0 and not options.keep_logs:
         shutil.rmtree(directory, ignore_errors=True)

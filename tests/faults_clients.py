@@ -25,14 +25,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.faults_processes import (
-    HTTP_FAILURES,
-    CheckFailed,
-    Instance,
-    now,
-    problem_detail,
-    since_start,
-)
+from tests.faults_processes import Instance, now
+from tests.harness import HTTP_FAILURES, CheckFailed, problem_detail, since_start
 
 WRITERS = 4
 READERS = 2

@@ -9,62 +9,38 @@ by PID by whoever started it.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.etcd_process import EtcdProcess
+from tests.harness import (
+    ROOT,
+    SetupFailed,
+    answers,
+    log_tail,
+    stop_process,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+# The suite's log and its clock, as the checker and the clients import them from here.
+from tests.harness import log as log
+from tests.harness import since_start as since_start
+
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 20.0
 
-_started = time.monotonic()
-
-
-class CheckFailed(Exception):
-    """The service did not behave as the contract says."""
-
-
-class SetupFailed(Exception):
-    """The suite could not build its topology; says nothing about the service."""
-
-
-def log(message: str) -> None:
-    """One line of the suite's output, with the seconds since it started."""
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
-
 
 def now() -> float:
-    """The clock every time in the history is read from."""
+    """The clock every time in the history is read from (`since_start` takes its readings)."""
     return time.monotonic()
-
-
-def since_start(moment: float) -> float:
-    """A `now()` as seconds since the suite started, as the log shows times."""
-    return moment - _started
-
-
-def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    what: str,
-    failure: type[Exception] = SetupFailed,
-) -> None:
-    """Poll `predicate` until it holds; raise `failure` after `timeout` seconds."""
-    deadline = now() + timeout
-    while not predicate():
-        if now() > deadline:
-            raise failure(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- etcd, through its JSON gateway ------------------------------------------
@@ -142,37 +118,6 @@ def member_running(member: EtcdProcess) -> bool:
 # --- sensorstats instances ------------------------------------------------------
 
 
-# A request fails without an answer: refused, reset, timed out, or a
-# connection closed before the whole answer came (http.client's exceptions).
-HTTP_FAILURES = (OSError, http.client.HTTPException)
-
-
-def plain_request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 10.0,
-) -> tuple[int, bytes]:
-    """One request on a fresh connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        answer = connection.getresponse()
-        return answer.status, answer.read()
-    finally:
-        connection.close()
-
-
-def problem_detail(body: bytes) -> str:
-    """The `detail` of a problem document, else the start of the body."""
-    try:
-        return str(json.loads(body)["detail"])
-    except (ValueError, KeyError, TypeError):
-        return " ".join(body[:160].decode(errors="replace").split())
-
-
 class Instance:
     """One ``python -m sensorstats`` on a fixed loopback port, restartable on it."""
 
@@ -222,10 +167,7 @@ class Instance:
         self.starts += 1
 
     def ready(self) -> bool:
-        try:
-            return plain_request(self.port, "GET", "/healthz", timeout=1.0)[0] == 204
-        except HTTP_FAILURES:
-            return False
+        return answers(self.port, "/healthz", 204)
 
     def wait_ready(
         self, timeout: float = READY_TIMEOUT, failure: type[Exception] = SetupFailed
@@ -244,19 +186,8 @@ class Instance:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers."""
-        if not self.running():
-            return
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
+        if self.process is not None:
+            stop_process(self.process, f"instance {self.name}", STOP_TIMEOUT)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)

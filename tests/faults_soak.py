@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,19 +23,8 @@ from typing import Any
 
 from tests.etcd_process import EtcdProcess
 from tests.faults_checker import Violations
-from tests.faults_processes import (
-    ROOT,
-    Instance,
-    SetupFailed,
-    Status,
-    alarms,
-    compact,
-    defragment,
-    log,
-    now,
-    plain_request,
-    problem_detail,
-)
+from tests.faults_processes import Instance, Status, alarms, compact, defragment, now
+from tests.harness import ROOT, SetupFailed, http_request, log, problem_detail
 from tests.ports import free_ports
 
 SOAK_QUOTA = 64 * 1024 * 1024
@@ -56,28 +44,6 @@ RECLAIMED = 0.15
 LEVEL_WINDOW = 30.0
 LEVEL_TOLERANCE = 1.3
 WRK_SCRIPT = ROOT / "tests" / "faults_wrk.lua"
-
-
-def ensure_wrk() -> str:
-    """wrk from PATH, installed with apt-get if missing (as root)."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise SetupFailed("wrk is not installed; run: sudo apt-get install -y wrk")
-    log("wrk is missing: apt-get update && apt-get install -y wrk")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "wrk"],
-    ):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise SetupFailed(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
-    found = shutil.which("wrk")
-    if not found:
-        raise SetupFailed("apt-get installed wrk, but it is not on PATH")
-    return found
 
 
 def start_wrk(
@@ -165,7 +131,7 @@ def measure_post_costs(directory: Path, wrk: str, env: dict[str, str]) -> list[P
             {"sensor": f"m-{i}", "timestamp": "2024-03-01T00:00:00Z", "value": 1}
             for i in range(SOAK_SENSORS)
         ]
-        status, body = plain_request(instance.port, "POST", "/data", json.dumps(warm_up).encode())
+        status, body = http_request(instance.port, "POST", "/data", json.dumps(warm_up).encode())
         if status != 204:
             raise SetupFailed(f"warm-up POST: {status} {problem_detail(body)}")
         compact(member)
