@@ -45,16 +45,27 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from tests.etcd_process import start_etcd
+from tests.harness import (
+    CheckFailed,
+    SetupFailed,
+    check,
+    ensure_programs,
+    eventually,
+    indented_tail,
+    log,
+    run_script,
+    stop_process,
+    time_limit,
+    which,
+)
 from tests.ports import free_ports
 from tests.service import Response, request, statistics_path
 
@@ -112,25 +123,6 @@ HEALTHY_TIMEOUT = 60.0
 STOP_GRACE = 30
 STOP_BOUND = 10.0
 
-_started = time.monotonic()
-
-
-class CheckFailed(Exception):
-    """The image does not behave as the README says."""
-
-
-class SetupFailed(Exception):
-    """The engine, the stand-in base or the build could not be set up."""
-
-
-def log(message: str) -> None:
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
-
 
 def run(
     argv: Sequence[str],
@@ -160,17 +152,14 @@ def run(
     return result.stdout
 
 
-def tail(text: str, lines: int = 25) -> str:
-    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+def tail(text: str) -> str:
+    """The end of a command's output, for the log."""
+    return indented_tail(text, 25)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
+    """Whether `predicate` comes true within `timeout`; each poll may run a docker command."""
+    return eventually(predicate, timeout, interval)
 
 
 # --- 1. arm64 without a compiler ------------------------------------------------------
@@ -225,32 +214,6 @@ def _normalise(name: str) -> str:
 # --- 2. the engine ----------------------------------------------------------------------
 
 
-def ensure_debian_packages(packages: dict[str, str]) -> None:
-    """Install the Debian packages whose program is missing: {program: package}."""
-    missing = sorted({package for program, package in packages.items() if not _which(program)})
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SetupFailed(f"{', '.join(missing)} missing, and installing needs root")
-    log(f"apt-get install {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-q"], timeout=APT_TIMEOUT, env=env)
-    run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        timeout=APT_TIMEOUT,
-        env=env,
-    )
-    still = [program for program in packages if not _which(program)]
-    if still:
-        raise SetupFailed(f"installed {', '.join(missing)}, still missing: {', '.join(still)}")
-
-
-def _which(program: str) -> str | None:
-    # dockerd and debootstrap live in sbin, which a non-login PATH may lack.
-    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
-    return shutil.which(program, path=path)
-
-
 @dataclass
 class Docker:
     """The docker client, talking to this script's own engine only."""
@@ -282,7 +245,7 @@ class Docker:
 
 def docker_client() -> str:
     """The client packaged with the engine: another one on PATH may be of another version."""
-    dockerd = _which("dockerd")
+    dockerd = which("dockerd")
     beside = Path(dockerd).resolve().parent.parent / "bin" / "docker" if dockerd else None
     for candidate in (beside, Path("/usr/bin/docker")):
         if candidate and os.access(candidate, os.X_OK):
@@ -347,7 +310,7 @@ def unmount_below(directory: Path) -> None:
 @contextmanager
 def engine() -> Iterator[Docker]:
     """A dockerd of this script's own, stopped by PID on exit whatever happened."""
-    ensure_debian_packages({"dockerd": "docker.io"})
+    ensure_programs({"dockerd": "docker.io"}, APT_TIMEOUT)
     pidfile, exec_root = CACHE / "dockerd.pid", CACHE / "exec"
     stop_leftover_engine(pidfile)
     unmount_below(CACHE)
@@ -357,7 +320,7 @@ def engine() -> Iterator[Docker]:
     docker = Docker(docker_client(), CACHE / "docker.sock")
     docker.socket.unlink(missing_ok=True)
     argv = [
-        str(_which("dockerd")),
+        str(which("dockerd")),
         # The machine's network stays as it is: no rules, no bridge;
         # containers run with --network host.
         "--iptables=false",
@@ -396,14 +359,7 @@ def engine() -> Iterator[Docker]:
         log(f"dockerd {version} (pid {process.pid}) on {docker.socket}, data in {CACHE / 'data'}")
         yield docker
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(ENGINE_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"dockerd ignored SIGTERM for {ENGINE_STOP_TIMEOUT:.0f} s: SIGKILL")
-                process.kill()
-                process.wait(ENGINE_STOP_TIMEOUT)
+        stop_process(process, "dockerd", ENGINE_STOP_TIMEOUT)
         log(f"dockerd {process.pid} stopped (exit {process.returncode})")
         quietly(lambda: unmount_below(CACHE))
 
@@ -434,13 +390,13 @@ def standin_rootfs() -> Path:
         return rootfs
     for old in CACHE.glob("rootfs-*"):
         shutil.rmtree(old, ignore_errors=True)  # another recipe's, or a partial one
-    ensure_debian_packages({"debootstrap": "debootstrap"})
+    ensure_programs({"debootstrap": "debootstrap"}, APT_TIMEOUT)
     partial = CACHE / f"{rootfs.name}-partial"
     log(f"debootstrap --variant=minbase {SUITE} with {', '.join(BASE_PACKAGES)} (once)")
     began = time.monotonic()
     run(
         [
-            str(_which("debootstrap")),
+            str(which("debootstrap")),
             "--variant=minbase",
             f"--include={','.join(BASE_PACKAGES)}",
             SUITE,
@@ -747,43 +703,15 @@ def quietly(clean_up: Callable[[], object]) -> None:
         log(f"clean-up step failed: {error}")
 
 
-@contextmanager
-def time_limit(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise CheckFailed(f"the image check took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _terminated(signum: int, frame: FrameType | None) -> None:
-    # tox or CI stopping this run: unwind, so that the engine is stopped.
-    raise SetupFailed(f"stopped by signal {signum}")
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _terminated)
     work = Path(tempfile.mkdtemp(prefix="sensorstats-image-check-"))
-    status = 2
-    try:
-        with time_limit(OVERALL_TIMEOUT), ExitStack() as stack:
+
+    def check_all() -> int:
+        with time_limit(OVERALL_TIMEOUT, "the image check"), ExitStack() as stack:
             check_image(stack, work)
-        status = 0
-    except CheckFailed as failure:
-        log(f"FAILED: {failure}")
-        status = 1
-    except SetupFailed as problem:
-        log(f"SETUP FAILED: {problem}")
-    except Exception:  # a bug here, or an answer of an unexpected shape
-        log(f"FAILED with an unexpected error:\n{traceback.format_exc()}")
-        status = 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return 0
+
+    status = run_script(check_all, lambda: shutil.rmtree(work, ignore_errors=True))
     if status == 0:
         log("image check passed; every container, the image and the engine are gone")
     return status

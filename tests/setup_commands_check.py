@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
+from tests.harness import apt_get_install
 from tests.ports import free_ports
 from tests.service import request, statistics_path
 
@@ -73,10 +74,7 @@ def debian_python() -> Path:
     if not usable():
         if os.geteuid() != 0:
             missing("Debian's python3 and python3-venv: apt-get install python3 python3-venv")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends"]
-        for argv in (["apt-get", "update", "-q"], [*install, "python3", "python3-venv"]):
-            subprocess.run(argv, env=env, check=True, capture_output=True, timeout=INSTALL_TIMEOUT)
+        apt_get_install(["python3", "python3-venv"], INSTALL_TIMEOUT)
         assert usable(), "apt-get installed python3-venv, yet venv does not import"
     return DEBIAN_PYTHON
 
