@@ -12,17 +12,14 @@
 -- PREFIX must be URL- and JSON-safe ([A-Za-z0-9-]); the driver makes a fresh
 -- one per run, so runs never share sensors.
 
+-- The answers' counts and the JSON of done(), shared with the other wrk script.
+local answers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "wrk_answers.lua")
+
 local TIMESTAMP = "2021-11-09T21:38:09+01:00"
 local BATCH_SIZE = 1000
 local BATCH_SENSORS = 50
-local MAX_PROBLEM_KINDS = 20 -- distinct (status, detail) pairs kept per thread
 
-local threads = {}
-
-function setup(thread)
-   table.insert(threads, thread)
-   thread:set("thread_number", #threads)
-end
+setup = answers.setup
 
 local function measurement(sensor, value)
    return string.format('{"sensor": "%s", "timestamp": "%s", "value": %s}', sensor, TIMESTAMP, value)
@@ -43,7 +40,8 @@ function init(args)
       prefix = prefix .. "-t" .. thread_number
    end
    -- Globals, so that done() can read them with thread:get().
-   sent, closes, statuses, problems, problem_kinds = 0, 0, {}, {}, 0
+   sent, closes = 0, 0
+   answers.init()
    if thread_number == 1 then
       -- wrk calls request() once on its first thread, after init() and before
       -- connecting, to check the request; that call sends nothing.
@@ -77,56 +75,16 @@ function request()
 end
 
 function response(status, headers, body)
-   local key = tostring(status)
-   statuses[key] = (statuses[key] or 0) + 1
+   answers.count(status, body)
    -- waitress says so when it closes the connection after this answer: wrk
    -- then connects again, which is what keep-alive is meant to spare.
    local connection = headers["Connection"] or headers["connection"]
    if connection and connection:lower() == "close" then
       closes = closes + 1
    end
-   if status >= 300 then
-      local detail = body:match('"detail": *"(.-)"') or body:sub(1, 80)
-      local kind = key .. " " .. detail
-      if problems[kind] == nil and problem_kinds >= MAX_PROBLEM_KINDS then
-         kind = key .. " (other details)"
-      end
-      if problems[kind] == nil then
-         problem_kinds = problem_kinds + 1
-      end
-      problems[kind] = (problems[kind] or 0) + 1
-   end
-end
-
-local function json_string(text)
-   local escaped = text:gsub('[%c"\\]', function(c)
-      return string.format("\\u%04x", c:byte())
-   end)
-   return '"' .. escaped .. '"'
-end
-
-local function json_object(counts)
-   local parts = {}
-   for name, count in pairs(counts) do
-      parts[#parts + 1] = json_string(name) .. ": " .. count
-   end
-   return "{" .. table.concat(parts, ", ") .. "}"
-end
-
-local function add_counts(total, counts)
-   for name, count in pairs(counts) do
-      total[name] = (total[name] or 0) + count
-   end
 end
 
 function done(summary, latency, requests)
-   local all_sent, all_closes, all_statuses, all_problems = 0, 0, {}, {}
-   for _, thread in ipairs(threads) do
-      all_sent = all_sent + thread:get("sent")
-      all_closes = all_closes + thread:get("closes")
-      add_counts(all_statuses, thread:get("statuses"))
-      add_counts(all_problems, thread:get("problems"))
-   end
    -- Quantiles every 1 % and every 0.1 % above 90 %, so that the driver can
    -- merge two wrk processes' latencies. Each percentile() call scans wrk's
    -- histogram, so the grid stays small.
@@ -138,22 +96,11 @@ function done(summary, latency, requests)
       local p = tenth / 10
       quantiles[#quantiles + 1] = string.format("[%g, %d]", p, latency:percentile(p))
    end
-   local e = summary.errors
    io.write(
       "BENCH-RESULT {",
-      '"requests": ', summary.requests,
-      ', "duration_us": ', summary.duration,
-      ', "sent": ', all_sent,
-      ', "closes": ', all_closes,
-      ', "statuses": ', json_object(all_statuses),
-      ', "problems": ', json_object(all_problems),
-      ', "socket_errors": ', json_object({
-         connect = e.connect, read = e.read, write = e.write, timeout = e.timeout
-      }),
-      ', "latency_us": {"p50": ', latency:percentile(50),
-      ', "p99": ', latency:percentile(99),
-      ', "max": ', latency.max,
-      "}",
+      answers.json_fields(summary, latency),
+      ', "sent": ', answers.total("sent"),
+      ', "closes": ', answers.total("closes"),
       ', "quantiles_us": [', table.concat(quantiles, ", "), "]",
       "}\n"
    )

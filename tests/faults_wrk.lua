@@ -10,15 +10,12 @@
 -- done() prints one line "FAULTS-WRK {json}" with the requests sent, the
 -- answers by status and the distinct problem details seen.
 
+-- The answers' counts and the JSON of done(), shared with the other wrk script.
+local answers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "wrk_answers.lua")
+
 local TIMESTAMP = "2021-11-09T21:38:09+01:00"
-local MAX_PROBLEM_KINDS = 20
 
-local threads = {}
-
-function setup(thread)
-   table.insert(threads, thread)
-   thread:set("thread_number", #threads)
-end
+setup = answers.setup
 
 function init(args)
    mode, prefix, sensors = args[1], args[2], tonumber(args[3])
@@ -28,7 +25,8 @@ function init(args)
    if mode ~= "plain" and mode ~= "keyed" and mode ~= "mixed" then
       error("unknown mode " .. tostring(mode))
    end
-   sent, keyed, statuses, problems, problem_kinds = 0, 0, {}, {}, 0
+   sent, keyed = 0, 0
+   answers.init()
    if thread_number == 1 then
       -- wrk calls request() once on the first thread to check it; that call
       -- sends nothing.
@@ -54,65 +52,15 @@ function request()
 end
 
 function response(status, headers, body)
-   local key = tostring(status)
-   statuses[key] = (statuses[key] or 0) + 1
-   if status >= 300 then
-      local detail = body:match('"detail": *"(.-)"') or body:sub(1, 80)
-      local kind = key .. " " .. detail
-      if problems[kind] == nil and problem_kinds >= MAX_PROBLEM_KINDS then
-         kind = key .. " (other details)"
-      end
-      if problems[kind] == nil then
-         problem_kinds = problem_kinds + 1
-      end
-      problems[kind] = (problems[kind] or 0) + 1
-   end
-end
-
-local function json_string(text)
-   local escaped = text:gsub('[%c"\\]', function(c)
-      return string.format("\\u%04x", c:byte())
-   end)
-   return '"' .. escaped .. '"'
-end
-
-local function json_object(counts)
-   local parts = {}
-   for name, count in pairs(counts) do
-      parts[#parts + 1] = json_string(name) .. ": " .. count
-   end
-   return "{" .. table.concat(parts, ", ") .. "}"
-end
-
-local function add_counts(total, counts)
-   for name, count in pairs(counts) do
-      total[name] = (total[name] or 0) + count
-   end
+   answers.count(status, body)
 end
 
 function done(summary, latency, requests)
-   local all_sent, all_keyed, all_statuses, all_problems = 0, 0, {}, {}
-   for _, thread in ipairs(threads) do
-      all_sent = all_sent + thread:get("sent")
-      all_keyed = all_keyed + thread:get("keyed")
-      add_counts(all_statuses, thread:get("statuses"))
-      add_counts(all_problems, thread:get("problems"))
-   end
-   local e = summary.errors
    io.write(
       "FAULTS-WRK {",
-      '"requests": ', summary.requests,
-      ', "duration_us": ', summary.duration,
-      ', "sent": ', all_sent,
-      ', "keyed": ', all_keyed,
-      ', "statuses": ', json_object(all_statuses),
-      ', "problems": ', json_object(all_problems),
-      ', "socket_errors": ', json_object({
-         connect = e.connect, read = e.read, write = e.write, timeout = e.timeout
-      }),
-      ', "latency_us": {"p50": ', latency:percentile(50),
-      ', "p99": ', latency:percentile(99),
-      ', "max": ', latency.max, "}",
+      answers.json_fields(summary, latency),
+      ', "sent": ', answers.total("sent"),
+      ', "keyed": ', answers.total("keyed"),
       "}\n"
    )
 end
