@@ -8,7 +8,8 @@ happens. Here is each piece of that plumbing once:
 - `SetupFailed` and `CheckFailed`: whose fault a failure is (exit 2 or 1);
 - `Processes`: everything a script started, stopped by PID (`stop_process`);
 - `wait_until` and `eventually`: polling with a deadline, `answers` for HTTP;
-- `ensure_programs` and `apt_get_install`: Debian packages of missing tools;
+- `run`: a command to completion, `ensure_programs` and `apt_get_install`:
+  Debian packages of missing tools;
 - `run_script` and `time_limit`: the exit status, signals and clean-up.
 
 Stdlib only, so that the scripts need nothing beyond the app's requirements.
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # How long a process may take to exit after SIGTERM, and to be reaped after SIGKILL.
@@ -255,19 +257,41 @@ def which(program: str) -> str | None:
     return shutil.which(program, path=path)
 
 
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    stdin: Any = None,
+    failure: type[Exception] = SetupFailed,
+) -> str:
+    """Run a command to completion; its combined output, or `failure` with that output."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise failure(f"`{' '.join(argv)}` took longer than {timeout:.0f} s") from None
+    except OSError as error:
+        raise failure(f"cannot run {argv[0]}: {error}") from None
+    if result.returncode != 0:
+        output = indented_tail(result.stdout, 25)
+        raise failure(f"`{' '.join(argv)}` exited {result.returncode}:\n{output}")
+    return result.stdout
+
+
 def apt_get_install(packages: Sequence[str], timeout: float = APT_TIMEOUT) -> None:
     """apt-get update, then install `packages` without recommends (needs root)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], timeout=timeout, env=env)
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    for argv in (["apt-get", "update", "-q"], install):
-        try:
-            result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SetupFailed(f"{' '.join(argv)} took longer than {timeout:.0f} s") from None
-        except OSError as error:
-            raise SetupFailed(f"cannot run apt-get: {error}") from None
-        if result.returncode != 0:
-            raise SetupFailed(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
+    run(install, timeout=timeout, env=env)
 
 
 def ensure_programs(packages: Mapping[str, str], timeout: float = APT_TIMEOUT) -> dict[str, str]:

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -61,6 +61,7 @@ from tests.harness import (
     eventually,
     indented_tail,
     log,
+    run,
     run_script,
     stop_process,
     time_limit,
@@ -122,34 +123,6 @@ HEALTHY_TIMEOUT = 60.0
 # before docker's own default of 10 s exits 0 by itself.
 STOP_GRACE = 30
 STOP_BOUND = 10.0
-
-
-def run(
-    argv: Sequence[str],
-    *,
-    timeout: float,
-    env: dict[str, str] | None = None,
-    stdin: Any = None,
-    failure: type[Exception] = SetupFailed,
-) -> str:
-    """Run a command to completion; its combined output, or `failure` with that output."""
-    try:
-        result = subprocess.run(
-            list(argv),
-            stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        raise failure(f"`{' '.join(argv)}` took longer than {timeout:.0f} s") from None
-    except OSError as error:
-        raise failure(f"cannot run {argv[0]}: {error}") from None
-    if result.returncode != 0:
-        raise failure(f"`{' '.join(argv)}` exited {result.returncode}:\n{tail(result.stdout)}")
-    return result.stdout
 
 
 def tail(text: str) -> str:
