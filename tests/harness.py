@@ -361,13 +361,14 @@ def run_script(
     Either signal unwinds `work` so that every finally clause stops its
     processes, and `clean_up` runs whatever happened, with both ignored.
     """
+    failed_checks: tuple[type[Exception], ...] = (CheckFailed, TimeLimitExceeded, *failures)
     previous = {signum: signal.signal(signum, _interrupt) for signum in _STOP_SIGNALS}
     try:
         return work()
     except SetupFailed as problem:
         log(f"SETUP FAILED: {problem}")
         return 2
-    except (CheckFailed, TimeLimitExceeded, *failures) as failure:
+    except failed_checks as failure:
         log(f"{failed}: {failure}")
         return 1
     except Interrupted as interruption:
