@@ -9,35 +9,55 @@ import falcon
 from sensorstats import problems
 from sensorstats.auth import BearerAuth, StaticTokens, TokenFile, TokenSource
 from sensorstats.batch import Limits
+from sensorstats.metrics import Metrics
+from sensorstats.openapi import openapi_document
 from sensorstats.readiness import Readiness
 from sensorstats.resources import (
     DataResource,
     HealthResource,
     LiveResource,
+    MetricsResource,
+    OpenApiResource,
     StatisticsResource,
     server_options,
 )
 from sensorstats.settings import Settings
 from sensorstats.store import Store
+from sensorstats.telemetry import RequestTelemetry
 
 ROUTES = ("/data", "/statistics/{sensor_id:path}", "/healthz", "/livez")
+# For operators and client authors: never behind a token, never asking the store.
+METRICS_ROUTE = "/metrics"
+OPENAPI_ROUTE = "/openapi.json"
 # The request target "*" (RFC 9110 §7.1), which only OPTIONS may use.
 ASTERISK = r"^\*$"
 
 
 def create_app(
-    settings: Settings, store: Store, readiness: Readiness | None = None
+    settings: Settings,
+    store: Store,
+    readiness: Readiness | None = None,
+    metrics: Metrics | None = None,
 ) -> falcon.App[Any, Any]:
-    """Wire `store` (and `readiness`, made from the store if not given) into the routes."""
+    """Wire `store` (and `readiness`, made from the store if not given) into the routes.
+
+    `metrics` is the process's registry; an app of its own gets one if not given.
+    """
+    metrics = metrics or Metrics()
+    store = metrics.measured(store)
     limits = Limits(max_batch=settings.max_batch, max_sensor_id=settings.max_sensor_id)
     readiness = readiness or Readiness(store)
+    metrics.watch_readiness(readiness)
     data, statistics, health, live = ROUTES
-    middleware = []
+    # First: it sees every request, and every answer last, whoever refused it.
+    middleware: list[Any] = [RequestTelemetry(metrics)]
     tokens = _token_source(settings)
     if tokens is not None:
         middleware.append(
             BearerAuth(
-                tokens, protect_reads=settings.read_requires_token, open_routes=(health, live)
+                tokens,
+                protect_reads=settings.read_requires_token,
+                open_routes=(health, live, METRICS_ROUTE, OPENAPI_ROUTE),
             )
         )
     app = falcon.App(middleware=middleware)
@@ -46,6 +66,8 @@ def create_app(
     app.add_route(statistics, StatisticsResource(store, limits))
     app.add_route(health, HealthResource(readiness))
     app.add_route(live, LiveResource())
+    app.add_route(METRICS_ROUTE, MetricsResource(metrics))
+    app.add_route(OPENAPI_ROUTE, OpenApiResource(openapi_document(settings)))
     app.add_sink(server_options, ASTERISK)
     return app
 

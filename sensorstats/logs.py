@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TextIO
@@ -36,11 +37,21 @@ REPORT_INTERVAL_SECONDS = 10.0
 
 # One line per request answered; see `telemetry`.
 ACCESS_LOGGER = "sensorstats.access"
+# Access lines wait at most this long, or for this many more, to be written
+# together (see `LineHandler`).
+BATCH_INTERVAL_SECONDS = 0.2
+BATCH_MAX_LINES = 1000
 
 FORMATS = ("auto", "json", "text")
 
 # The id of the request being served by this thread, if any.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# ASCII only (the default): a line must be writable whatever the stream's
+# encoding, lone surrogates from a client's path included. `default=str`
+# keeps an odd argument from costing the line. Made once: json.dumps with
+# options builds an encoder per call.
+_ENCODER = json.JSONEncoder(default=str)
 
 # Structured members of a line beyond its message, passed as
 # ``extra={FIELDS: {...}}``: the access line's method, route, status and so on.
@@ -85,19 +96,36 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _timestamp(created: float) -> str:
-    """RFC 3339 in UTC with milliseconds: ``2021-11-09T20:38:09.123Z``."""
-    seconds = int(created)
-    millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+class _Timestamps:
+    """RFC 3339 in UTC with milliseconds (``2021-11-09T20:38:09.123Z``), cheaply.
+
+    The date and time up to the second are formatted once a second, not once
+    a line: the access line is written for every request.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            # Two threads may both format a new second: the same text either way.
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, request_id, fields, exc."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamp = _Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": _timestamp(record.created),
+            "ts": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -114,10 +142,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        # ASCII only: a line must be writable whatever the stream's encoding,
-        # lone surrogates from a client's path included. `default=str` keeps
-        # an odd argument from costing the line.
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -130,6 +155,91 @@ class TextFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         record.rid = f" [{request_id}]" if request_id else ""
         return super().formatMessage(record)
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record as a line; access lines are gathered and written in batches.
+
+    A write per request costs more than it seems: the worker releases the
+    GIL for the system call and then queues to get it back behind the event
+    loop and the other workers, and so does every worker waiting for the
+    handler's lock meanwhile. So a line of `batched` loggers is formatted
+    without any lock and only queued; a background thread writes the queue
+    every `interval` seconds, or the emitting thread once `max_lines` are
+    waiting (memory stays bounded whatever stdout's speed). Any other line
+    (start-up, warnings, errors) is written at once, after the lines queued
+    before it, so lines keep their order and what matters is never held back.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        batched: frozenset[str] = frozenset({ACCESS_LOGGER}),
+        interval: float = BATCH_INTERVAL_SECONDS,
+        max_lines: int = BATCH_MAX_LINES,
+    ) -> None:
+        super().__init__(stream)
+        self._batched = batched
+        self._interval = interval
+        self._max_lines = max_lines
+        # Appended to by any thread without a lock (deque appends are
+        # atomic); emptied only under the handler's lock.
+        self._pending: deque[str] = deque()
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_batches, name="log-lines", daemon=True)
+        self._writer.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # As `Handler.handle`, without taking the lock around `emit`: the
+        # lock is taken only to write.
+        passed = bool(self.filter(record))
+        if passed:
+            self.emit(record)
+        return passed
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            if record.name in self._batched:
+                self._pending.append(line)
+                if len(self._pending) >= self._max_lines:
+                    self.flush()
+            else:
+                with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+                    self._write_pending(line)
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+
+    def close(self) -> None:
+        # Not joined: logging.shutdown calls this holding the lock the
+        # writer may be waiting for. It stops at its next turn.
+        self._stop.set()
+        self.flush()
+        super().close()
+
+    def _write_pending(self, last: str | None = None) -> None:
+        """Write the queued lines, then `last`, in one system call (lock held)."""
+        lines = []
+        pending = self._pending
+        while pending:
+            lines.append(pending.popleft())
+        if last is not None:
+            lines.append(last)
+        if lines and self.stream is not None:
+            self.stream.write(self.terminator.join(lines) + self.terminator)
+            self.stream.flush()
+
+    def _write_batches(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.flush()
+            except Exception:  # a closed or broken stream: nothing to report it to
+                return
 
 
 def resolve_format(log_format: str, stream: TextIO) -> str:
@@ -150,12 +260,20 @@ def configure_logging(level: str, log_format: str = "auto", stream: TextIO | Non
     """
     stream = sys.stdout if stream is None else stream
     chosen = resolve_format(log_format, stream)
-    handler = logging.StreamHandler(stream)
+    handler = LineHandler(stream)
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     # On the handler, not on loggers: records of every logger pass through
     # it, waitress's and those propagated from children alike.
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Neither format shows the thread, the process or the caller's file and
+    # line, and finding them costs every record (one per request) a stack
+    # walk and several lookups: the optimisations logging's documentation
+    # names for this.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     for name in SUMMARISED_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RepeatSummary) for f in logger.filters):

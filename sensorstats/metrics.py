@@ -142,11 +142,6 @@ class Metrics:
             ["route"],
             registry=registry,
         )
-        self.in_flight = Gauge(
-            "sensorstats_http_requests_in_flight",
-            "Requests the app is serving now.",
-            registry=registry,
-        )
         self._ingested = Counter(
             "sensorstats_measurements_ingested",
             "Measurements in batches the store acknowledged (a replay of an "
@@ -177,6 +172,7 @@ class Metrics:
             registry=registry,
         )
         self._store_children: dict[tuple[str, str], Any] = {}
+        self._store_latency_children: dict[str, Any] = {}
 
         # --- etcd, from the store's events ---------------------------------------
         self._etcd_calls = Counter(
@@ -244,9 +240,10 @@ class Metrics:
             "Requests received and queued for a worker thread, not yet started.",
             registry=registry,
         )
-        self._busy = Gauge(
-            "sensorstats_worker_threads_busy",
-            "Worker threads serving a request now.",
+        self._in_flight = Gauge(
+            "sensorstats_http_requests_in_flight",
+            "Requests a worker thread is serving now (probes and scrapes, answered "
+            "at once on the event loop, are not counted).",
             registry=registry,
         )
         self._threads = Gauge(
@@ -311,7 +308,12 @@ class Metrics:
         if child is None:
             child = self._store_children[key] = self._store_operations.labels(operation, outcome)
         child.inc()
-        self._store_latency.labels(operation).observe(seconds)
+        latency = self._store_latency_children.get(operation)
+        if latency is None:
+            latency = self._store_latency_children[operation] = self._store_latency.labels(
+                operation
+            )
+        latency.observe(seconds)
 
     def observe_store_events(self) -> None:
         """Count what the store's internals report (etcd calls, attempts, the breaker)."""
@@ -355,13 +357,13 @@ class Metrics:
         self,
         *,
         waiting: Callable[[], int],
-        busy: Callable[[], int],
+        in_flight: Callable[[], int],
         threads: Callable[[], int],
         connections: Callable[[], int],
     ) -> None:
         """Read the worker pool and the connections at each scrape."""
         self._waiting.set_function(lambda: float(waiting()))
-        self._busy.set_function(lambda: float(busy()))
+        self._in_flight.set_function(lambda: float(in_flight()))
         self._threads.set_function(lambda: float(threads()))
         self._connections.set_function(lambda: float(connections()))
 

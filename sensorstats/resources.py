@@ -10,6 +10,7 @@ from sensorstats.auth import client_identity
 from sensorstats.batch import Limits, parse_batch, sensor_id_problem
 from sensorstats.errors import InvalidSensorId, PayloadTooLarge
 from sensorstats.idempotency import IdempotencyKey, fingerprint, parse_key_header
+from sensorstats.metrics import Metrics
 from sensorstats.problems import Problem
 from sensorstats.readiness import Readiness
 from sensorstats.store import Store
@@ -141,5 +142,34 @@ class LiveResource(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.status = falcon.HTTP_204
+
+    on_head = on_get
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: the Prometheus text format (OpenMetrics if asked for).
+
+    Served on the server's event loop like the probes, so a scrape answers
+    while every worker is busy: it reads counters, never the store.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data, resp.content_type = self._metrics.exposition(req.get_header("Accept"))
+
+    on_head = on_get
+
+
+class OpenApiResource(Resource):
+    """``GET /openapi.json``: the OpenAPI 3.1 document of this instance."""
+
+    def __init__(self, document: dict[str, object]) -> None:
+        self._body = json.dumps(document, indent=1).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = self._body
+        resp.content_type = falcon.MEDIA_JSON
 
     on_head = on_get

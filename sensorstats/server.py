@@ -138,7 +138,7 @@ class Server:
         # attribute or length, and a scrape may be a moment off.
         metrics.watch_workers(
             waiting=lambda: len(dispatcher.queue),
-            busy=lambda: dispatcher.active_count,
+            in_flight=lambda: dispatcher.active_count,
             threads=lambda: len(dispatcher.threads),
             connections=lambda: sum(len(s.active_channels) for s in self._listeners()),
         )

@@ -11,7 +11,7 @@ import argparse
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -64,6 +64,7 @@ class Settings:
     max_sensors: int = 50_000
     idempotency_ttl: float = DEFAULT_WINDOW_SECONDS
     log_level: str = "INFO"
+    log_format: str = "auto"
     shutdown_timeout: float = 20.0
     drain_delay: float = 0.0
     api_tokens: Tokens | None = None
@@ -145,6 +146,13 @@ def _log_level(text: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SettingsError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
     return level
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "json", "text"):
+        raise SettingsError(f"must be auto, json or text, got {text!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:
@@ -316,6 +324,12 @@ OPTIONS: tuple[Option, ...] = (
         "how long a POST's Idempotency-Key is remembered, seconds (see README, Capacity)",
     ),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Option(
+        "log_format",
+        _log_format,
+        "auto",
+        "json (one object a line), text, or auto: JSON unless stdout is a terminal",
+    ),
     Option(
         "shutdown_timeout",
         _seconds(0, 3600),
@@ -510,3 +524,20 @@ def load_settings(
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+# Settings that hold secrets themselves (not paths to them): logged as set or not.
+SECRET_SETTINGS = frozenset({"api_tokens"})
+
+
+def loggable(settings: Settings) -> dict[str, Any]:
+    """The settings as start-up logs them: every value, a secret only as whether it is set."""
+    shown: dict[str, Any] = {}
+    for name in (field.name for field in fields(settings)):
+        value = getattr(settings, name)
+        if name in SECRET_SETTINGS:
+            value = "(set)" if value else "(unset)"
+        elif isinstance(value, tuple):
+            value = [str(item) for item in value]
+        shown[name] = value
+    return shown

@@ -52,7 +52,6 @@ class RequestTelemetry:
         request_id = request_id_for(req.get_header(HEADER))
         context.request_id = request_id
         REQUEST_ID.set(request_id)  # every line logged while serving it carries it
-        self._metrics.in_flight.inc()
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -66,7 +65,6 @@ class RequestTelemetry:
         else:
             request_id = context.request_id
             seconds = time.monotonic() - started
-            self._metrics.in_flight.dec()
         resp.set_header(HEADER, request_id)
         status = resp.status_code
         route = self._route(req)
@@ -76,6 +74,9 @@ class RequestTelemetry:
         self._metrics.request_answered(method, route, status, seconds, received, sent)
         if route == DATA_ROUTE and method == "POST" and (400 <= status < 500 or status == 507):
             self._metrics.batch_rejected(getattr(context, "problem", None) or str(status))
+        if not _access_log.isEnabledFor(logging.INFO):
+            REQUEST_ID.set(None)
+            return
         path = req.env.get("REQUEST_URI") or req.relative_uri
         try:
             _access_log.info(

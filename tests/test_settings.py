@@ -18,6 +18,7 @@ from sensorstats.settings import (
     Settings,
     SettingsError,
     load_settings,
+    loggable,
 )
 
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
@@ -63,6 +64,7 @@ EXAMPLES = {
     "max_sensors": ("1000000", 1_000_000),
     "idempotency_ttl": ("86400", 86_400.0),
     "log_level": ("debug", "DEBUG"),
+    "log_format": ("JSON", "json"),
     "shutdown_timeout": ("3.5", 3.5),
     "drain_delay": ("2", 2.0),
     "api_tokens": (f"ci:{TOKEN}", tokens_from_list(f"ci:{TOKEN}")),
@@ -201,6 +203,7 @@ BAD_VALUES = [
     pytest.param("max_sensor_id", "0", id="max-sensor-id-0"),
     pytest.param("log_level", "LOUD", id="log-level-loud"),
     pytest.param("log_level", "", id="log-level-empty"),
+    pytest.param("log_format", "yaml", id="log-format-yaml"),
     pytest.param("etcd_prefix", "", id="etcd-prefix-empty"),
     pytest.param("etcd_prefix", "/sensorstats", id="etcd-prefix-without-slash"),
     pytest.param("etcd_max_txn_ops", "1", id="etcd-max-txn-ops-no-room-for-marker"),
@@ -496,3 +499,15 @@ def test_a_complete_etcd_access_configuration_loads():
     )
     assert settings.etcd_key_file == "client.key"
     assert PASSWORD not in repr(settings)
+
+
+def test_the_start_up_line_shows_every_setting_but_no_secret():
+    settings = load_settings([], env(api_tokens=f"ci:{TOKEN}"))
+    shown = loggable(settings)
+    assert set(shown) == {option.name for option in OPTIONS}
+    assert shown["api_tokens"] == "(set)"
+    assert TOKEN not in repr(shown)
+    assert loggable(Settings())["api_tokens"] == "(unset)"
+    assert loggable(Settings(etcd_endpoints=(EtcdEndpoint("e", 2379),)))["etcd_endpoints"] == [
+        "http://e:2379"
+    ]
