@@ -534,7 +534,12 @@ def test_a_hanging_lease_grant_holds_no_other_writer_past_its_deadline(
     etcd: EtcdProcess,
 ) -> None:
     client = HangingGrants(endpoints(etcd))
-    store = EtcdStore(client, prefix="/p/", call_timeout=0.2, write_timeout=0.5)
+    # Two transactions in flight, so that the second writer reaches the
+    # lease too instead of queueing behind the first (which has a deadline
+    # of its own: test_combining).
+    store = EtcdStore(
+        client, prefix="/p/", call_timeout=0.2, write_timeout=0.5, max_writes_in_flight=2
+    )
 
     def hold_the_grant() -> None:
         with contextlib.suppress(StoreUnavailable):

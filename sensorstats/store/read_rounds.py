@@ -30,7 +30,7 @@ from sensorstats.errors import StoreUnavailable
 # While GETs keep arriving, a reader that finds no round in flight or waiting
 # waits this long for others before it sends: one read more in a round costs
 # far less than a round of its own (see `combining.GATHER_SECONDS`).
-GATHER_SECONDS = 0.001
+GATHER_SECONDS = 0.003
 GATHER_WINDOW_SECONDS = 0.02
 
 K = TypeVar("K", bound=Hashable)
