@@ -129,6 +129,9 @@ class RequestTelemetry:
             method = getattr(request, "command", None) or "-"
             path = getattr(request, "request_uri", None) or "-"
         self._metrics.request_answered(method_label(method), UNMATCHED, status, seconds, 0, sent)
+        if status == 413 and method == "POST" and path.split("?", 1)[0] == DATA_ROUTE:
+            # A batch refused on its declared length is as rejected as one the app refused.
+            self._metrics.batch_rejected("payload-too-large")
         _access_log.info(
             "%s %s %d %.1f ms (answered by the server)",
             method,

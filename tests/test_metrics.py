@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -416,6 +417,24 @@ def test_a_running_instance_counts_by_route_and_status(service):
     assert got.value("sensorstats_worker_threads") == 16
     assert got.value("sensorstats_ready") == 1
     assert got.value("sensorstats_connections_open") >= 1  # this scrape's own
+
+
+def test_the_servers_own_answers_are_counted(service):
+    def scraped() -> Scrape:
+        return Scrape(service.get("/metrics").body.decode())
+
+    before = scraped()
+    head = b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413 ")
+    after = scraped()
+
+    def grew(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert grew("sensorstats_http_requests_total", route="unmatched", status="413") == 1
+    assert grew("sensorstats_batches_rejected_total", reason="payload-too-large") == 1
 
 
 def test_a_scrape_answers_while_every_worker_is_busy(own_etcd: EtcdProcess, tmp_path: Path):
