@@ -40,7 +40,7 @@ from sensorstats.idempotency import IdempotencyKey, IdempotencyKeyReused
 from sensorstats.readiness import Readiness
 from sensorstats.stats import Stats
 from sensorstats.store import Store
-from sensorstats.store.breaker import CircuitOpen
+from sensorstats.store.breaker import CLOSED, CircuitOpen
 from sensorstats.store.events import STORE_EVENTS
 
 # Request latency: a GET on the embedded store takes well under a
@@ -341,7 +341,7 @@ class Metrics:
             self._writes.labels(outcome).inc()
 
     def breaker_state(self, state: str) -> None:
-        is_open = state != "closed"
+        is_open = state != CLOSED
         self._breaker_open.set(1 if is_open else 0)
         if is_open:
             self._breaker_opened.inc()
