@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from sensorstats import __version__
 from sensorstats.app import create_app
@@ -17,7 +19,24 @@ from sensorstats.settings import SettingsError, load_settings, loggable
 from sensorstats.store.factory import open_store
 
 _log = logging.getLogger("sensorstats")
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _remember_stop_signals() -> threading.Event:
+    """Catch stop signals from now on; the event is set if one arrives before serving.
+
+    Installed before any thread starts: a Python handler catches the signal in
+    whichever thread the kernel picks, where the default action would kill
+    the process (or, as PID 1, ignore the signal).
+    """
+    stop = threading.Event()
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for stop_signal in _STOP_SIGNALS:
+        signal.signal(stop_signal, remember)
+    return stop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sensorstats: error: {error}", file=sys.stderr)
         return 2
+    early_stop = _remember_stop_signals()
     configure_logging(settings.log_level, settings.log_format)
     _log.info(
         "starting sensorstats %s",
@@ -45,22 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log.info("store: %s", store.description)
     try:
         readiness = Readiness(metrics.measured(store))
-        # From the moment the port listens, a client may be told to stop us;
-        # until our handlers are in place SIGTERM would kill the process (or,
-        # as PID 1, be ignored). Held back, it is delivered once they are.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             app = create_app(settings, store, readiness, metrics)
             server = Server(app, settings, readiness, metrics)
-            server.install_signal_handlers()
         except OSError as error:
             print(
                 f"sensorstats: error: cannot listen on {settings.host}:{settings.port}: {error}",
                 file=sys.stderr,
             )
             return 1
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        server.install_signal_handlers()
+        if early_stop.is_set():  # told to stop while starting: drain at once
+            server.request_stop()
         server.serve()
     finally:
         store.close()
