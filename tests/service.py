@@ -136,3 +136,18 @@ def start_service(
         yield service
     finally:
         service.stop()
+
+
+def run_module(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m sensorstats *args` to completion, with only `env`'s SENSORSTATS_* settings."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SENSORSTATS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sensorstats", *args],
+        env={**inherited, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

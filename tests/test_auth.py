@@ -6,8 +6,6 @@ import hmac
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from sensorstats.auth import (
 )
 from sensorstats.settings import Settings, load_settings
 from sensorstats.store.memory import MemoryStore
-from tests.service import ROOT, start_service, statistics_path
+from tests.service import run_module, start_service, statistics_path
 
 WRITER = "w7Kq2v9RfX3mZp8LtY4bNc6H"  # what a client of the service would hold
 READER = "r5Tn8Gd2Lk9Qw3Zx7Vb4Mh6J"
@@ -488,18 +486,6 @@ def wait_for_status(service, token: str, status: int, timeout: float = 5.0) -> N
         time.sleep(0.2)
 
 
-def run_module(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SENSORSTATS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "sensorstats", "--port", "0"],
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -528,7 +514,7 @@ def test_unusable_token_settings_stop_start_up_with_exit_2(
     }[setup]
     if setup == "both":
         path.write_text(READER + "\n")
-    result = run_module(env)
+    result = run_module("--port", "0", env=env)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("sensorstats: error: ")

@@ -17,7 +17,7 @@ import pytest
 
 from sensorstats.settings import OPTIONS
 from tests.ports import free_ports
-from tests.service import ROOT, Service, start_service, statistics_path
+from tests.service import ROOT, Service, run_module, start_service, statistics_path
 
 SAMPLE = [{"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}]
 
@@ -29,17 +29,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         log_dir=tmp_path_factory.mktemp("logs"),
     ) as running:
         yield running
-
-
-def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sensorstats", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def wait_for(condition, timeout: float = 15.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]

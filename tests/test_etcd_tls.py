@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -41,7 +38,7 @@ from sensorstats.store.etcd_client import (
 from sensorstats.store.events import STORE_EVENTS
 from tests.etcd_tls import Pki, TlsEtcdProcess, enable_auth, make_pki, start_tls_etcd
 from tests.ports import free_ports
-from tests.service import ROOT, start_service, statistics_path
+from tests.service import run_module, start_service, statistics_path
 
 USER = "sensorstats"
 PASSWORD = "a password for sensorstats"
@@ -627,18 +624,6 @@ def test_the_service_answers_503_with_the_reason_when_etcd_refuses_it(
     assert "guess" not in log
 
 
-def run_module(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SENSORSTATS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "sensorstats", "--port", "0"],
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("setting", "content", "says"),
     [
@@ -667,7 +652,7 @@ def test_unusable_etcd_access_files_stop_start_up_with_exit_2(
         "SENSORSTATS_ETCD_PASSWORD_FILE": str(password),
         setting: str(path),
     }
-    result = run_module(env)
+    result = run_module("--port", "0", env=env)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("sensorstats: error: ")
