@@ -130,9 +130,12 @@ class WriteCombiner:
             self._queue.append(pending)
             gather = self._should_gather(pending)
         if gather:
-            time.sleep(gather)
-            with self._lock:
-                self._gathering = False
+            try:
+                time.sleep(gather)
+            finally:  # never leave the others waiting for a leader that is gone
+                with self._lock:
+                    self._gathering = False
+                    self._wake_next_leader(self._clock())
         while not pending.done:
             batch, wait = self._lead_or_wait(pending)
             if batch:

@@ -84,9 +84,12 @@ class ReadRounds(Generic[K, V]):
             joined = self._join(key)
             gather = self._should_gather(joined)
         if gather:
-            time.sleep(gather)
-            with self._lock:
-                self._gathering = False
+            try:
+                time.sleep(gather)
+            finally:  # never leave the others waiting for a sender that is gone
+                with self._lock:
+                    self._gathering = False
+                    self._wake_next_sender()
         with self._lock:
             while not joined.done:
                 if (
