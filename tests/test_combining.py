@@ -243,7 +243,7 @@ def test_under_load_a_lone_write_waits_for_company_before_it_sends() -> None:
     combiner = combiner_for(batches, gather=0.3, clock=clock)
     combiner.write(write("k", marker="earlier"))  # the first arrival never waits
     with writers(combiner, write("a", marker="lone")):
-        wait_until(lambda: combiner._gathering)
+        wait_until(lambda: combiner._gathering.active)
         with writers(combiner, write("b", marker="company")) as outcomes:
             pass
     assert outcomes == {"company": None}
@@ -262,4 +262,4 @@ def test_a_write_after_a_quiet_spell_does_not_wait() -> None:
         # Sent at once: a 30 s wait for company would fail this.
         assert batches.started.acquire(timeout=5)
         batches.releases[1].set()
-    assert not combiner._gathering
+    assert not combiner._gathering.active

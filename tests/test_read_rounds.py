@@ -161,7 +161,7 @@ def test_under_load_a_lone_reader_waits_for_company_before_it_sends() -> None:
     rounds = ReadRounds(store, max_keys=128, max_in_flight=1, timeout=10.0, gather=0.3, clock=clock)
     assert rounds.get("earlier") == 0  # the first arrival never waits
     with readers(rounds, "lone") as lone:
-        wait_until(lambda: rounds._gathering)
+        wait_until(lambda: rounds._gathering.active)
         with readers(rounds, "company") as company:
             pass
     assert lone == [0]

@@ -34,18 +34,14 @@ from dataclasses import dataclass, field
 
 from sensorstats.errors import StoreUnavailable
 from sensorstats.store.etcd_txn import Update, key_cost, marker_cost
+from sensorstats.store.gathering import Gathering
 
 # An attempt that cannot be given this long is not sent: it could only time
 # out and turn a request that was certainly not applied into an unknown one.
 MIN_ATTEMPT_SECONDS = 0.05
 # While writes keep arriving, a write that finds nothing queued or in flight
-# waits this long for others before it sends, as PostgreSQL's commit_delay:
-# every transaction costs this instance and etcd far more CPU than one more
-# request in it, so under load a slightly later, larger batch is cheaper.
+# waits this long for others before it sends (see `gathering`).
 GATHER_SECONDS = 0.002
-# Writes count as "arriving" when the previous one came at most this long ago;
-# a lone client is never delayed.
-GATHER_WINDOW_SECONDS = 0.02
 # How long past its deadline a write waits for the batch that carries it:
 # every call of the batch ends by the batch's deadline, which is the
 # earliest of its writes', so this only covers scheduling delays.
@@ -109,7 +105,7 @@ class WriteCombiner:
     ) -> None:
         self._run_batch = run_batch
         self._outcome_grace = outcome_grace
-        self._gather = gather
+        self._gathering = Gathering(gather, clock=clock)
         self._max_ops = max_ops
         self._max_bytes = max_bytes
         self._max_in_flight = max_in_flight
@@ -117,8 +113,6 @@ class WriteCombiner:
         self._queue: list[PendingWrite] = []  # oldest first
         self._busy: set[str] = set()  # keys of the batches in flight
         self._in_flight = 0
-        self._gathering = False  # a writer waits for others; nobody else leads
-        self._last_arrival = -float("inf")
         # Guards the queue, the busy keys and the in-flight count. Waiters
         # sleep on their own `wake` event, so that a decided batch wakes its
         # own writers and one writer that can lead next, not every thread.
@@ -128,13 +122,16 @@ class WriteCombiner:
         """Apply `pending` in some batch; raises StoreUnavailable with its own outcome."""
         with self._lock:
             self._queue.append(pending)
-            gather = self._should_gather(pending)
+            gather = self._gathering.arrive(
+                alone=len(self._queue) == 1 and not self._in_flight,
+                room=pending.deadline - self._clock() - MIN_ATTEMPT_SECONDS,
+            )
         if gather:
             try:
                 time.sleep(gather)
             finally:  # never leave the others waiting for a leader that is gone
                 with self._lock:
-                    self._gathering = False
+                    self._gathering.active = False
                     self._wake_next_leader(self._clock())
         while not pending.done:
             batch, wait = self._lead_or_wait(pending)
@@ -145,18 +142,6 @@ class WriteCombiner:
                 pending.wake.clear()  # the state is checked again under the lock
         if pending.error is not None:
             raise pending.error
-
-    def _should_gather(self, pending: PendingWrite) -> float:
-        """How long `pending` should wait for other writes before it leads (lock held)."""
-        now = self._clock()
-        recently = now - self._last_arrival <= GATHER_WINDOW_SECONDS
-        self._last_arrival = now
-        alone = len(self._queue) == 1 and not self._in_flight and not self._gathering
-        delay = min(self._gather, pending.deadline - now - MIN_ATTEMPT_SECONDS)
-        if not (alone and recently and delay > 0):
-            return 0.0
-        self._gathering = True
-        return delay
 
     def _lead_or_wait(self, pending: PendingWrite) -> tuple[list[PendingWrite], float]:
         """A batch for this thread to run, or how long to wait for a wake-up."""
@@ -196,7 +181,7 @@ class WriteCombiner:
 
     def _take_batch(self, now: float) -> list[PendingWrite]:
         """The oldest queued writes that can start together now (lock held)."""
-        if self._in_flight >= self._max_in_flight or self._gathering:
+        if self._in_flight >= self._max_in_flight or self._gathering.active:
             return []
         batch: list[PendingWrite] = []
         keys: set[str] = set()

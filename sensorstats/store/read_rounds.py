@@ -26,12 +26,11 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.store.gathering import Gathering
 
 # While GETs keep arriving, a reader that finds no round in flight or waiting
-# waits this long for others before it sends: one read more in a round costs
-# far less than a round of its own (see `combining.GATHER_SECONDS`).
+# waits this long for others before it sends (see `gathering`).
 GATHER_SECONDS = 0.003
-GATHER_WINDOW_SECONDS = 0.02
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -65,7 +64,7 @@ class ReadRounds(Generic[K, V]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read = read
-        self._gather = gather
+        self._gathering = Gathering(gather, clock=clock)
         self._max_keys = max_keys
         self._max_in_flight = max_in_flight
         self._timeout = timeout
@@ -74,27 +73,27 @@ class ReadRounds(Generic[K, V]):
         self._lock = threading.Lock()
         self._unsent: deque[_Round[K, V]] = deque()
         self._in_flight = 0
-        self._gathering = False  # a reader waits for others; no round is sent
-        self._last_arrival = -float("inf")
 
     def get(self, key: K) -> V:
         """The value of `key` as read by a round sent after this call began."""
         deadline = self._clock() + self._timeout
         with self._lock:
             joined = self._join(key)
-            gather = self._should_gather(joined)
+            gather = self._gathering.arrive(
+                alone=joined.readers == 1 and len(self._unsent) == 1 and not self._in_flight
+            )
         if gather:
             try:
                 time.sleep(gather)
             finally:  # never leave the others waiting for a sender that is gone
                 with self._lock:
-                    self._gathering = False
+                    self._gathering.active = False
                     self._wake_next_sender()
         with self._lock:
             while not joined.done:
                 if (
                     self._in_flight < self._max_in_flight
-                    and not self._gathering
+                    and not self._gathering.active
                     and self._unsent
                     and self._unsent[0] is joined
                 ):
@@ -114,17 +113,6 @@ class ReadRounds(Generic[K, V]):
         if joined.error is not None:
             raise joined.error
         return joined.results[key]
-
-    def _should_gather(self, joined: _Round[K, V]) -> float:
-        """How long this reader should wait for others before it sends (lock held)."""
-        now = self._clock()
-        recently = now - self._last_arrival <= GATHER_WINDOW_SECONDS
-        self._last_arrival = now
-        alone = joined.readers == 1 and len(self._unsent) == 1 and not self._in_flight
-        if not (alone and recently and not self._gathering and self._gather > 0):
-            return 0.0
-        self._gathering = True
-        return self._gather
 
     def _join(self, key: K) -> _Round[K, V]:
         """The unsent round that will read `key` (lock held)."""
