@@ -297,18 +297,29 @@ def test_malformed_http_is_answered_with_a_problem_document(
 # --- limits and timeouts --------------------------------------------------------------
 
 
+LIMITED = [
+    *("--connection-limit", "20"),
+    *("--idle-timeout", "1.5"),
+    *("--receive-timeout", "1.5"),
+    *("--max-body-bytes", "4096"),
+]
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """An instance with a small connection limit and short timeouts."""
-    with start_service(
-        args=[
-            *("--connection-limit", "20"),
-            *("--idle-timeout", "1.5"),
-            *("--receive-timeout", "1.5"),
-            *("--max-body-bytes", "4096"),
-        ],
-        log_dir=tmp_path_factory.mktemp("logs"),
-    ) as running:
+    with start_service(args=LIMITED, log_dir=tmp_path_factory.mktemp("logs")) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_limited(tmp_path: Path) -> Iterator[Service]:
+    """The same, new for one test: no connection of an earlier test is still closing.
+
+    A slow request on the shared instance right after the idle-timeout test was
+    sometimes closed without its 408 (about one run in three of the module).
+    """
+    with start_service(args=LIMITED, log_dir=tmp_path) as running:
         yield running
 
 
@@ -336,8 +347,8 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(limited: Service) -
         assert closed_by_server(sock, within=10)
 
 
-def test_a_slowloris_request_gets_408_after_the_receive_timeout(limited: Service) -> None:
-    with connect(limited, timeout=10) as sock:
+def test_a_slowloris_request_gets_408_after_the_receive_timeout(fresh_limited: Service) -> None:
+    with connect(fresh_limited, timeout=10) as sock:
         sock.sendall(b"GET /statistics/abc HTTP/1.1\r\n")
         started = time.monotonic()
         sock.settimeout(0.3)
