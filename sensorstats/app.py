@@ -18,6 +18,7 @@ from sensorstats.resources import (
     LiveResource,
     MetricsResource,
     OpenApiResource,
+    StatisticsReadAhead,
     StatisticsResource,
     server_options,
 )
@@ -45,7 +46,7 @@ def create_app(
     """
     metrics = metrics or Metrics()
     store = metrics.measured(store)
-    limits = Limits(max_batch=settings.max_batch, max_sensor_id=settings.max_sensor_id)
+    limits = _limits(settings)
     readiness = readiness or Readiness(store)
     metrics.watch_readiness(readiness)
     data, statistics, health, live = ROUTES
@@ -70,6 +71,21 @@ def create_app(
     app.add_route(OPENAPI_ROUTE, OpenApiResource(openapi_document(settings)))
     app.add_sink(server_options, ASTERISK)
     return app
+
+
+def read_ahead_route(settings: Settings, store: Store) -> StatisticsReadAhead | None:
+    """What the server reads ahead (see `sensorstats.read_ahead`); None: nothing.
+
+    Not when reads need a token: the token is checked by the app, in a
+    worker, and a client without one must not make the store read.
+    """
+    if settings.read_requires_token:
+        return None
+    return StatisticsReadAhead(store, _limits(settings))
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(max_batch=settings.max_batch, max_sensor_id=settings.max_sensor_id)
 
 
 def _token_source(settings: Settings) -> TokenSource | None:

@@ -22,6 +22,12 @@ where this module does it (each time the narrowest hook waitress offers):
   of `PROBE_PATHS` are answered on the event loop itself, never queued
   behind worker threads held by slow requests; their handlers must not block
   (`/healthz` reads a cached readiness). So are waitress's own error answers.
+- **Reads ahead** (`ConnectionServer.add_task`, `KeepAliveTask`). A request
+  its `ReadAheadRoute` recognises (``GET /statistics/{id}``) has its store
+  read started on the loop, and once the answer is in it is served on the
+  loop too, like a probe: the app then finds the answer and never blocks
+  (see `sensorstats.read_ahead`). No worker thread waits for etcd or is
+  woken for a GET at all; each costs the event loop what the app costs.
 - **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
   heads and bodies, timeouts: RFC 9457 documents, not waitress's text/plain.
 - **Lingering close** (`Channel`). After an error answer the client may
@@ -51,7 +57,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
@@ -61,6 +67,7 @@ from waitress.utilities import BadRequest, Error
 
 from sensorstats import problems
 from sensorstats.logs import CONNECTIONS_LOGGER
+from sensorstats.read_ahead import READ_AHEAD, ReadAhead, Ready
 from sensorstats.request_id import HEADER as REQUEST_ID_HEADER
 from sensorstats.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
 from sensorstats.request_id import request_id_for
@@ -212,6 +219,7 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
     def __init__(self, adj: Any, *, policy: ConnectionPolicy, budget: ReceiveBudget) -> None:
         super().__init__(adj)
         self.started_at = time.monotonic()  # the first byte of this request
+        self.read_ahead: ReadAhead[Any] | None = None  # its store read, once settled
         self._policy = policy
         self._budget = budget
         self._reserved = 0
@@ -303,6 +311,14 @@ class KeepAliveTask(WSGITask):  # type: ignore[misc]  # waitress is untyped
     """Waitress's WSGI task; a bodiless HTTP/1.1 response keeps the connection."""
 
     _bodiless_keep_alive = False
+
+    def execute(self) -> None:
+        # The app's store `get` takes the answer read ahead for this request.
+        token = READ_AHEAD.set(getattr(self.request, "read_ahead", None))
+        try:
+            super().execute()
+        finally:
+            READ_AHEAD.reset(token)
 
     def build_response_header(self) -> bytes:
         if getattr(self.channel.server, "draining", False):
@@ -399,6 +415,21 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         return request.error is not None or (
             request.command in _PROBE_METHODS and request.path in PROBE_PATHS
         )
+
+    def start_read_ahead(self, route: ReadAheadRoute) -> bool:
+        """Start the store read of the request just received, if `route` knows it.
+
+        True: the request goes to a worker once the read is settled.
+        """
+        request = self.requests[0]
+        if request.error is not None:
+            return False
+
+        def ready(read: ReadAhead[Any]) -> None:  # on the store's thread
+            request.read_ahead = read
+            self.server.read_settled(self)
+
+        return route.start(request.command, request.path, ready)
 
     def service(self) -> None:
         super().service()
@@ -531,12 +562,21 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
 # --- the server ----------------------------------------------------------------------
 
 
+class ReadAheadRoute(Protocol):
+    """Which requests get their store read started on the loop (see `read_ahead`)."""
+
+    def start(self, method: str, path: str, ready: Ready) -> bool:
+        """Start the read for `method` `path` (decoded, as WSGI's PATH_INFO); False: none."""
+
+
 class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is untyped
     """One listening socket of waitress, with this module's connection handling."""
 
     channel_class = Channel
     # Hears of the answers the server gives by itself; set by `server.Server`.
     telemetry: RequestTelemetry | None = None
+    # Starts store reads for the requests it knows; set by `server.Server`.
+    read_ahead: ReadAheadRoute | None = None
 
     def __init__(
         self,
@@ -554,6 +594,9 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         self.draining = False  # set when the instance drains: every answer closes
         self.loop_thread = threading.get_ident()
         self._next_maintenance = 0.0
+        # Channels whose request's read ahead has settled, to serve on the loop.
+        self._settled: list[Channel] = []
+        self._settled_lock = threading.Lock()
         super().__init__(application, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
 
     def readable(self) -> bool:
@@ -613,12 +656,36 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     def add_task(self, channel: Channel) -> None:
         # On the loop thread (a request just received), probes and error
         # answers are served right here, after the channel's parsing is done;
-        # anything else goes to the worker threads. From a worker thread
+        # a request read ahead goes to the pool once its read is settled;
+        # anything else goes to the worker threads now. From a worker thread
         # (the next pipelined request), everything goes to the pool.
-        if threading.get_ident() == self.loop_thread and channel.answers_inline():
-            channel.inline_pending = True
-            return
+        if threading.get_ident() == self.loop_thread:
+            if channel.answers_inline():
+                channel.inline_pending = True
+                return
+            if self.read_ahead is not None and channel.start_read_ahead(self.read_ahead):
+                return
+        self.dispatch(channel)
+
+    def dispatch(self, channel: Channel) -> None:
+        """Queue `channel`'s next request for a worker thread (from any thread)."""
         super().add_task(channel)
+
+    def read_settled(self, channel: Channel) -> None:
+        """`channel`'s request has its read: serve it on the loop (from any thread)."""
+        with self._settled_lock:
+            self._settled.append(channel)
+            first = len(self._settled) == 1
+        if first:  # else the loop was woken already and has not taken them yet
+            self.pull_trigger()
+
+    def serve_settled(self) -> None:
+        """Serve the requests whose reads have settled; `server.Server` calls it each turn."""
+        with self._settled_lock:
+            settled, self._settled = self._settled, []
+        for channel in settled:
+            channel.inline_pending = True
+            channel.serve_inline()
 
     def _displace(self) -> bool:
         candidates = [c for c in self.active_channels.values() if c.displaceable()]

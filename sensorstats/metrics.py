@@ -37,6 +37,7 @@ from prometheus_client.exposition import choose_encoder
 from sensorstats import __version__
 from sensorstats.errors import StoreFull, StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey, IdempotencyKeyReused
+from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.readiness import Readiness
 from sensorstats.stats import Stats
 from sensorstats.store import Store
@@ -389,6 +390,9 @@ class MeasuredStore:
 
     def get(self, sensor: str) -> Stats:
         return self._measure("get", lambda: self._store.get(sensor))
+
+    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
+        return self._store.read_ahead(sensor, ready)  # its `get` is measured
 
     def delete(self, sensor: str) -> None:
         self._measure("delete", lambda: self._store.delete(sensor))

@@ -12,12 +12,14 @@ from sensorstats.errors import InvalidSensorId, PayloadTooLarge
 from sensorstats.idempotency import IdempotencyKey, fingerprint, parse_key_header
 from sensorstats.metrics import Metrics
 from sensorstats.problems import Problem
+from sensorstats.read_ahead import Ready
 from sensorstats.readiness import Readiness
 from sensorstats.store import Store
 
 STATISTICS_PREFIX = "/statistics/"
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_READ_METHODS = ("GET", "HEAD")
 
 
 class Resource:
@@ -110,6 +112,31 @@ class StatisticsResource(Resource):
         if problem:
             raise InvalidSensorId(f"the sensor id {problem}")
         return sensor
+
+
+class StatisticsReadAhead:
+    """Starts the store's read for ``GET /statistics/{id}`` as soon as the request is in.
+
+    A `connections.ReadAheadRoute`: the server calls it on its event loop,
+    so it must not block. It finds the sensor id as `StatisticsResource`
+    does; should the two ever disagree, the resource's `get` finds no read
+    for its own sensor and reads by itself, as for any request not read ahead.
+    """
+
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self._store = store
+        self._limits = limits
+
+    def start(self, method: str, path: str, ready: Ready) -> bool:
+        if method not in _READ_METHODS or not path.startswith(STATISTICS_PREFIX):
+            return False
+        try:  # PATH_INFO: the path's bytes as Latin-1; an id is UTF-8
+            sensor = path[len(STATISTICS_PREFIX) :].encode("iso-8859-1").decode()
+        except UnicodeError:
+            return False  # answered 400 by the resource
+        if not sensor or sensor_id_problem(sensor, self._limits):
+            return False
+        return self._store.read_ahead(sensor, ready) is not None
 
 
 class HealthResource(Resource):

@@ -37,6 +37,7 @@ from sensorstats.connections import (
     HEADER_LIMIT_BYTES,
     ConnectionPolicy,
     ConnectionServer,
+    ReadAheadRoute,
     ReceiveBudget,
 )
 from sensorstats.logs import FIELDS
@@ -89,8 +90,13 @@ class Server:
         settings: Settings,
         readiness: Readiness,
         metrics: Metrics | None = None,
+        read_ahead: ReadAheadRoute | None = None,
     ) -> None:
-        """Listen as `settings` say; `metrics` (the app's) also counts the server's own answers."""
+        """Listen as `settings` say; `metrics` (the app's) also counts the server's own answers.
+
+        `read_ahead` starts the store reads of the requests it knows on the
+        event loop (see `sensorstats.read_ahead`).
+        """
         self._settings = settings
         self._readiness = readiness
         self._stop_requested = threading.Event()
@@ -126,6 +132,10 @@ class Server:
             wasyncore.close_all(self._map)
             raise
         self._dispatcher.set_thread_count(settings.threads)
+        # Kept apart from the map: a closed listener still has requests to serve.
+        self._connection_servers = self._listeners()
+        for listener in self._connection_servers:
+            listener.read_ahead = read_ahead
         if metrics is not None:
             self._watch(metrics)
 
@@ -212,6 +222,8 @@ class Server:
     def _loop_until(self, done: Callable[[], bool]) -> None:
         while not done():
             wasyncore.loop(timeout=_LOOP_TICK_SECONDS, map=self._map, use_poll=True, count=1)
+            for listener in self._connection_servers:
+                listener.serve_settled()
 
     @staticmethod
     def _accept_backlog(listener: ConnectionServer) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
 from sensorstats.errors import StoreFull, StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey
+from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import EMPTY, Stats
 from sensorstats.store.breaker import (
     CLOSED,
@@ -46,6 +48,7 @@ class FlakyStore:
         self.failure: Exception | None = None
         self.calls = 0
         self.closed = False
+        self.reads_ahead: list[str] = []
 
     def _call(self) -> None:
         self.calls += 1
@@ -61,6 +64,10 @@ class FlakyStore:
 
     def delete(self, sensor: str) -> None:
         self._call()
+
+    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
+        self.reads_ahead.append(sensor)
+        return ReadAhead(sensor, deadline=0.0, ready=ready)
 
     def check(self) -> None:
         self._call()
@@ -98,6 +105,18 @@ def test_calls_go_through_while_closed(breaker, inner):
     breaker.check()
     assert inner.calls == 4
     assert breaker.state == CLOSED
+
+
+def test_reads_are_started_ahead_only_while_closed(breaker, inner, clock):
+    assert breaker.read_ahead("s", lambda read: None) is not None
+    inner.failure = DOWN
+    fail(breaker, 3)
+    # Open, then half-open: the GET itself fails fast or makes the trial.
+    assert breaker.read_ahead("s", lambda read: None) is None
+    clock.now += 2.0
+    assert breaker.state == HALF_OPEN
+    assert breaker.read_ahead("s", lambda read: None) is None
+    assert inner.reads_ahead == ["s"]
 
 
 def test_it_opens_after_the_threshold_of_consecutive_outages(breaker, inner):

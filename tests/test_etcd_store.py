@@ -14,6 +14,7 @@ import etcd3
 import pytest
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.read_ahead import READ_AHEAD, ReadAhead
 from sensorstats.settings import EtcdEndpoint
 from sensorstats.stats import EMPTY, Stats, Timestamp
 from sensorstats.store.etcd import EtcdStore
@@ -112,6 +113,27 @@ def make_store(etcd: EtcdProcess, etcd_prefix: str) -> Iterator[Callable[..., Et
 
 
 # --- layout ------------------------------------------------------------------
+
+
+def test_a_get_answers_from_the_read_started_ahead_for_its_request(
+    make_store: Callable[..., EtcdStore],
+) -> None:
+    store = make_store()
+    store.apply({"ahead": measured(1.0), "other": measured(5.0)})
+    settled: list[ReadAhead[Any]] = []
+    read = store.read_ahead("ahead", settled.append)
+    deadline = time.monotonic() + 10
+    while not settled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert settled == [read]
+    store.apply({"ahead": measured(2.0)})  # acknowledged after the request's read
+    token = READ_AHEAD.set(read)
+    try:
+        assert store.get("ahead") == measured(1.0)  # what was read for this request
+        assert store.get("other") == measured(5.0)  # another sensor: read now
+    finally:
+        READ_AHEAD.reset(token)
+    assert store.get("ahead") == measured(1.0, 2.0)  # a later request reads afresh
 
 
 def test_each_sensor_is_one_readable_key_and_markers_expire(

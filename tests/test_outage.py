@@ -106,6 +106,35 @@ def test_probes_answer_while_every_worker_waits_on_a_paused_etcd(
     assert set(statuses) == {503}
 
 
+def gauge(exposition: bytes, name: str) -> float:
+    """The value of an unlabelled gauge in a Prometheus text exposition."""
+    for line in exposition.decode().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_gets_waiting_on_a_paused_etcd_hold_no_worker_thread(
+    service: Service, paused: EtcdProcess
+) -> None:
+    # Twice as many GETs as worker threads. Their reads wait in the store's
+    # rounds, started on the event loop; no worker is given a GET before
+    # its read is in, so the pool stays free for everything else.
+    with ThreadPoolExecutor(max_workers=32) as getting:
+        gets = [
+            getting.submit(service.get, f"/statistics/outage-{n % 4}", timeout=30)
+            for n in range(32)
+        ]
+        time.sleep(0.5)  # they are all in, waiting on etcd
+        scraped = service.get("/metrics").body
+        refused = service.post("/data", "not json")  # needs a worker, not the store
+        statuses = {get.result(timeout=30).status for get in gets}
+    assert gauge(scraped, "sensorstats_http_requests_in_flight") == 0
+    assert gauge(scraped, "sensorstats_http_requests_waiting") == 0
+    assert refused.status == 400
+    assert statuses == {503}
+
+
 def test_the_breaker_opens_fails_fast_and_closes_again(
     service: Service, paused: EtcdProcess
 ) -> None:

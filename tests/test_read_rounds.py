@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from sensorstats.errors import StoreUnavailable
+from sensorstats.read_ahead import ReadAhead
 from sensorstats.store.read_rounds import ReadRounds
 
 
@@ -36,7 +37,7 @@ class Versioned:
 
 
 @contextmanager
-def readers(rounds: ReadRounds[str, int], *keys: str) -> Iterator[list[object]]:
+def readers(rounds: ReadRounds[int], *keys: str) -> Iterator[list[object]]:
     results: list[object] = [None] * len(keys)
 
     def run(index: int, key: str) -> None:
@@ -55,7 +56,7 @@ def readers(rounds: ReadRounds[str, int], *keys: str) -> Iterator[list[object]]:
             thread.join(15)
 
 
-def waiting(rounds: ReadRounds[str, int]) -> int:
+def waiting(rounds: ReadRounds[int]) -> int:
     return sum(len(r.keys) for r in rounds._unsent)
 
 
@@ -66,13 +67,45 @@ def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def rounds_for(store: Versioned, **options: float) -> ReadRounds[str, int]:
-    settings = {"max_keys": 128, "max_in_flight": 1, "timeout": 10.0}
-    settings.update(options)
-    return ReadRounds(store, **settings)  # type: ignore[arg-type]
+@pytest.fixture
+def made() -> Iterator[list[ReadRounds[int]]]:
+    """Every ReadRounds a test makes, closed after it (their sender threads stop)."""
+    made: list[ReadRounds[int]] = []
+    yield made
+    for rounds in made:
+        rounds.close()
 
 
-def test_readers_waiting_behind_a_round_share_the_next_one() -> None:
+@pytest.fixture
+def rounds_for(made: list[ReadRounds[int]]) -> Callable[..., ReadRounds[int]]:
+    def make(store: Versioned, **options: float) -> ReadRounds[int]:
+        settings = {"max_keys": 128, "timeout": 10.0}
+        settings.update(options)
+        rounds: ReadRounds[int] = ReadRounds(store, **settings)  # type: ignore[arg-type]
+        made.append(rounds)
+        return rounds
+
+    return make
+
+
+class Settled:
+    """Collects the reads ahead as their `ready` is called, in order."""
+
+    def __init__(self) -> None:
+        self.reads: list[ReadAhead[int]] = []
+        self.event = threading.Event()
+
+    def __call__(self, read: ReadAhead[int]) -> None:
+        self.reads.append(read)
+        self.event.set()
+
+    def wait_for(self, count: int) -> None:
+        wait_until(lambda: len(self.reads) >= count)
+
+
+def test_readers_waiting_behind_a_round_share_the_next_one(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
     store = Versioned(hold=1)
     rounds = rounds_for(store)
     with readers(rounds, "first"):
@@ -86,21 +119,25 @@ def test_readers_waiting_behind_a_round_share_the_next_one() -> None:
     assert len(store.rounds) == 2
 
 
-def test_a_read_already_sent_never_answers_a_reader_that_came_after_a_write() -> None:
+def test_a_read_already_sent_never_answers_a_reader_that_came_after_a_write(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
     store = Versioned(hold=1)
-    rounds = rounds_for(store, max_in_flight=2)
+    rounds = rounds_for(store)
     with readers(rounds, "k") as early:
         assert store.sent.acquire(timeout=5)  # round 1 is out, reading version 0
         store.version = 1  # a write is acknowledged...
         with readers(rounds, "k") as late:  # ...then this GET arrives
-            assert store.sent.acquire(timeout=5)
-        store.release.set()
+            wait_until(lambda: waiting(rounds) == 1)
+            store.release.set()
     assert early == [0]
     assert late == [1]  # a fresh round, not the one in flight
     assert store.rounds == [["k"], ["k"]]
 
 
-def test_a_failed_round_fails_each_of_its_readers() -> None:
+def test_a_failed_round_fails_each_of_its_readers(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
     store = Versioned(hold=1)
     rounds = rounds_for(store)
     store.fail_with = StoreUnavailable("etcd has no leader")
@@ -113,7 +150,9 @@ def test_a_failed_round_fails_each_of_its_readers() -> None:
     assert {r.detail for r in results if isinstance(r, StoreUnavailable)} == {"etcd has no leader"}
 
 
-def test_a_reader_gives_up_at_its_deadline_and_a_round_nobody_waits_for_is_dropped() -> None:
+def test_a_reader_gives_up_at_its_deadline_and_a_round_nobody_waits_for_is_dropped(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
     store = Versioned(hold=1)
     rounds = rounds_for(store, timeout=0.3)
     with readers(rounds, "first"):
@@ -128,7 +167,7 @@ def test_a_reader_gives_up_at_its_deadline_and_a_round_nobody_waits_for_is_dropp
     assert not rounds._unsent
 
 
-def test_a_round_reads_at_most_max_keys() -> None:
+def test_a_round_reads_at_most_max_keys(rounds_for: Callable[..., ReadRounds[int]]) -> None:
     store = Versioned(hold=1)
     rounds = rounds_for(store, max_keys=4)
     with readers(rounds, "first"):
@@ -140,30 +179,138 @@ def test_a_round_reads_at_most_max_keys() -> None:
     assert [len(r) for r in store.rounds[1:]] == [4, 4, 2]
 
 
-def test_an_unexpected_error_reaches_the_readers_too() -> None:
+def test_an_unexpected_error_reaches_the_readers_too(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
     store = Versioned()
     store.fail_with = ValueError("bug")
     with pytest.raises(ValueError, match="bug"):
         rounds_for(store).get("k")
 
 
-class FrozenClock:
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.now
+# --- reads ahead: settled by the sender, nobody waiting ------------------------------
 
 
-def test_under_load_a_lone_reader_waits_for_company_before_it_sends() -> None:
+def test_a_read_ahead_is_settled_by_a_round_sent_after_it_joined(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
+    store = Versioned(hold=1)
+    rounds = rounds_for(store)
+    settled = Settled()
+    with readers(rounds, "k") as early:
+        assert store.sent.acquire(timeout=5)  # round 1 is out, reading version 0
+        store.version = 1  # a write is acknowledged, then the GET arrives
+        read = rounds.read_ahead("k", settled)
+        assert not settled.reads  # no answer yet: its round is not even sent
+        store.release.set()
+        settled.wait_for(1)
+    assert early == [0]
+    assert settled.reads == [read]
+    assert read.result() == 1
+    assert store.rounds == [["k"], ["k"]]
+
+
+def test_reads_ahead_and_waiting_threads_share_a_round(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
+    store = Versioned(hold=1)
+    rounds = rounds_for(store)
+    settled = Settled()
+    with readers(rounds, "first"):
+        assert store.sent.acquire(timeout=5)
+        reads = [rounds.read_ahead(key, settled) for key in ("a", "b", "a")]
+        with readers(rounds, "b", "c") as waited:
+            wait_until(lambda: waiting(rounds) == 3)
+            store.release.set()
+        settled.wait_for(3)
+    assert waited == [0, 0]
+    assert [read.result() for read in reads] == [0, 0, 0]
+    assert sorted(store.rounds[1]) == ["a", "b", "c"]
+    assert len(store.rounds) == 2
+
+
+def test_a_failed_round_settles_its_reads_ahead_with_the_failure(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
     store = Versioned()
-    clock = FrozenClock()
-    rounds = ReadRounds(store, max_keys=128, max_in_flight=1, timeout=10.0, gather=0.3, clock=clock)
-    assert rounds.get("earlier") == 0  # the first arrival never waits
-    with readers(rounds, "lone") as lone:
-        wait_until(lambda: rounds._gathering.active)
-        with readers(rounds, "company") as company:
-            pass
-    assert lone == [0]
-    assert company == [0]
-    assert store.rounds == [["earlier"], ["lone", "company"]]
+    store.fail_with = StoreUnavailable("etcd has no leader")
+    settled = Settled()
+    read = rounds_for(store).read_ahead("k", settled)
+    settled.wait_for(1)
+    with pytest.raises(StoreUnavailable, match="etcd has no leader"):
+        read.result()
+
+
+def test_a_read_ahead_not_sent_by_its_deadline_fails_unsent(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
+    store = Versioned(hold=1)
+    rounds = rounds_for(store, timeout=0.3)
+    settled = Settled()
+    with readers(rounds, "first"):
+        assert store.sent.acquire(timeout=5)
+        read = rounds.read_ahead("late", settled)
+        time.sleep(0.5)  # the round in flight outlasts the read's deadline
+        store.release.set()
+        settled.wait_for(1)
+    with pytest.raises(StoreUnavailable, match=r"did not answer the read within 0\.3 s"):
+        read.result()
+    assert store.rounds == [["first"]]  # nobody left to send it for
+
+
+def test_a_read_ahead_used_before_it_settles_is_a_bug(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
+    store = Versioned(hold=1)
+    rounds = rounds_for(store)
+    read = rounds.read_ahead("k", Settled())
+    assert store.sent.acquire(timeout=5)
+    with pytest.raises(RuntimeError, match="before it settled"):
+        read.result()
+    store.release.set()
+
+
+def test_a_failing_ready_callback_does_not_stop_the_others(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
+    store = Versioned(hold=1)
+    rounds = rounds_for(store)
+    settled = Settled()
+
+    def broken(read: ReadAhead[int]) -> None:
+        raise OSError("the connection is gone")
+
+    with readers(rounds, "first"):
+        assert store.sent.acquire(timeout=5)
+        rounds.read_ahead("a", broken)
+        rounds.read_ahead("b", settled)
+        store.release.set()
+        settled.wait_for(1)
+    assert settled.reads[0].result() == 0
+    assert rounds.get("c") == 0  # the sender is still there
+
+
+def test_closing_fails_what_was_not_sent_and_every_later_read(
+    rounds_for: Callable[..., ReadRounds[int]],
+) -> None:
+    store = Versioned(hold=1)
+    rounds = rounds_for(store)
+    settled = Settled()
+    with readers(rounds, "first") as first:
+        assert store.sent.acquire(timeout=5)
+        unsent = rounds.read_ahead("unsent", settled)
+        closing = threading.Thread(target=rounds.close)
+        closing.start()
+        store.release.set()
+        closing.join(5)
+        settled.wait_for(1)
+    assert first == [0]  # the round in flight is answered
+    with pytest.raises(StoreUnavailable, match="closed"):
+        unsent.result()
+    after = rounds.read_ahead("after", settled)  # settled at once, `ready` called here
+    assert settled.reads[-1] is after
+    with pytest.raises(StoreUnavailable, match="closed"):
+        after.result()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        rounds.get("after")
+    assert store.rounds == [["first"]]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from sensorstats.idempotency import IdempotencyKey
+from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import Stats
 
 
@@ -28,7 +29,19 @@ class Store(Protocol):
         """
 
     def get(self, sensor: str) -> Stats:
-        """The sensor's current statistics (`stats.EMPTY` if none), linearizable."""
+        """The sensor's current statistics (`stats.EMPTY` if none), linearizable.
+
+        While `sensorstats.read_ahead.READ_AHEAD` holds a settled read of this
+        sensor's, started by `read_ahead` for the same request, its answer.
+        """
+
+    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
+        """Start reading `sensor` for the `get` its request will make; None if pointless.
+
+        The read calls ``ready(read)`` once settled, from any thread, and is used by
+        the `get` made while `READ_AHEAD` holds it. None: the store reads from
+        memory, or should not be asked now; the `get` then reads by itself.
+        """
 
     def delete(self, sensor: str) -> None:
         """Forget the sensor's statistics; a no-op for an unknown sensor."""

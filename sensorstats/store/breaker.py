@@ -26,10 +26,11 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sensorstats.errors import StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey
+from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import Stats
 from sensorstats.store import Store
 from sensorstats.store.events import STORE_EVENTS
@@ -91,6 +92,12 @@ class BreakerStore:
 
     def get(self, sensor: str) -> Stats:
         return self._call(lambda: self._store.get(sensor))
+
+    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
+        # Only while closed: the `get` itself then fails fast or makes the trial.
+        if self._state != CLOSED:
+            return None
+        return self._store.read_ahead(sensor, ready)
 
     def delete(self, sensor: str) -> None:
         self._call(lambda: self._store.delete(sensor))

@@ -11,7 +11,9 @@ The store is assembled from parts that each do one job:
   keeping its own marker and outcome (group commit);
 - `etcd_writes`: committing one shared batch, retries and lost answers;
 - `read_rounds`: concurrent GETs share linearizable reads sent after they
-  arrived;
+  arrived, by one sender thread; a GET's read may be started ahead, on the
+  server's event loop (`sensorstats.read_ahead`), and its `get` then takes
+  that answer;
 - `etcd_memory`: the last seen records, and the marker lease.
 
 Atomicity: etcd allows ``--max-txn-ops`` (128) operations per list of a
@@ -37,6 +39,7 @@ import etcd3.etcdrpc as rpc
 
 from sensorstats.errors import StoreUnavailable
 from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
+from sensorstats.read_ahead import READ_AHEAD, ReadAhead
 from sensorstats.settings import Settings
 from sensorstats.stats import Stats
 from sensorstats.store.combining import PendingWrite, WriteCombiner
@@ -64,8 +67,6 @@ CHECK_TIMEOUT = 0.5
 # measured side by side, a second one in flight gained nothing (README,
 # "Benchmark").
 MAX_WRITES_IN_FLIGHT = 1
-# Read rounds in flight at once; each serves every GET that arrived before it.
-MAX_READS_IN_FLIGHT = 1
 
 
 class EtcdStore:
@@ -81,7 +82,6 @@ class EtcdStore:
         max_txn_ops: int = MAX_TXN_OPS,
         cache_size: int = CACHE_SIZE,
         max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
-        max_reads_in_flight: int = MAX_READS_IN_FLIGHT,
         idempotency_ttl: float = DEFAULT_WINDOW_SECONDS,
     ) -> None:
         if max_txn_ops < 2:
@@ -112,11 +112,8 @@ class EtcdStore:
             max_bytes=MAX_TXN_BYTES,
             max_in_flight=max_writes_in_flight,
         )
-        self._reads: ReadRounds[str, Seen] = ReadRounds(
-            self._read,
-            max_keys=max_txn_ops,
-            max_in_flight=max_reads_in_flight,
-            timeout=write_timeout,
+        self._reads: ReadRounds[Seen] = ReadRounds(
+            self._read, max_keys=max_txn_ops, timeout=write_timeout, name="etcd-reads"
         )
 
     @classmethod
@@ -178,7 +175,15 @@ class EtcdStore:
                 ) from None
 
     def get(self, sensor: str) -> Stats:
-        return self._reads.get(sensor_key(self._prefix, sensor)).stats
+        key = sensor_key(self._prefix, sensor)
+        ahead = READ_AHEAD.get()
+        if ahead is not None and ahead.key == key:
+            seen: Seen = ahead.result()
+            return seen.stats
+        return self._reads.get(key).stats
+
+    def read_ahead(self, sensor: str, ready: Callable[[ReadAhead[Seen]], None]) -> ReadAhead[Seen]:
+        return self._reads.read_ahead(sensor_key(self._prefix, sensor), ready)
 
     def delete(self, sensor: str) -> None:
         key = sensor_key(self._prefix, sensor)
@@ -198,6 +203,7 @@ class EtcdStore:
         self._failing_over(lambda: self._client.range(request, timeout), repeatable=True)
 
     def close(self) -> None:
+        self._reads.close()
         self._client.close()
 
     # --- reading and failover ----------------------------------------------
