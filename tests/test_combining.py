@@ -11,7 +11,7 @@ import pytest
 
 from sensorstats.errors import StoreUnavailable
 from sensorstats.stats import Stats, Timestamp
-from sensorstats.store.combining import PendingWrite, WriteCombiner
+from sensorstats.store.combining import PendingWrite, WakeUp, WriteCombiner
 from sensorstats.store.etcd_txn import Update
 
 ONE = Stats.of([1], Timestamp.parse("2021-11-09T21:38:09Z"))
@@ -263,3 +263,31 @@ def test_a_write_after_a_quiet_spell_does_not_wait() -> None:
         assert batches.started.acquire(timeout=5)
         batches.releases[1].set()
     assert not combiner._gathering.active
+
+
+# --- the wake-up call ----------------------------------------------------------------
+
+
+def test_a_wake_up_call_made_before_the_wait_is_not_lost() -> None:
+    wake = WakeUp()
+    wake.call()
+    wake.call()  # a second call before the wait adds nothing (and does not fail)
+    started = time.monotonic()
+    wake.wait(10)
+    assert time.monotonic() - started < 5
+
+
+def test_a_wait_without_a_call_ends_at_its_timeout_and_a_later_call_still_counts() -> None:
+    wake = WakeUp()
+    wake.wait(0.05)  # nobody called
+    woken = threading.Event()
+
+    def waiter() -> None:
+        wake.wait(10)
+        woken.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    wake.call()
+    assert woken.wait(5)
+    thread.join(5)

@@ -48,6 +48,38 @@ GATHER_SECONDS = 0.002
 OUTCOME_GRACE_SECONDS = 1.0
 
 
+class WakeUp:
+    """A wake-up call for one waiting thread; `call` only under the combiner's lock.
+
+    A plain lock, closed while nobody called: waiting is acquiring it, a
+    call releases it. An `Event` would do the same with a condition and a
+    second lock, which the woken thread must take again while the caller
+    still holds it: on a busy machine one more context switch per wake-up.
+    """
+
+    __slots__ = ("_called", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._called = False  # released and not yet taken: a second call adds nothing
+
+    def call(self) -> None:
+        if not self._called:
+            self._called = True
+            self._lock.release()
+
+    def wait(self, timeout: float) -> None:
+        """Return when called (the call is then used up) or after `timeout` seconds.
+
+        A call made between this return and the caller's next look at the
+        shared state, under the lock, is lost; that look sees what it was
+        about, so nothing is missed.
+        """
+        if self._lock.acquire(timeout=timeout):
+            self._called = False
+
+
 @dataclass(eq=False)
 class PendingWrite:
     """One chunk of one request: its updates, its marker and, once known, its outcome."""
@@ -68,8 +100,8 @@ class PendingWrite:
     exclusive: frozenset[str] = field(init=False)
     ops: int = field(init=False)
     size: int = field(init=False)
-    # Set to wake the writer's thread: its outcome is known, or it may lead.
-    wake: threading.Event = field(init=False, default_factory=threading.Event)
+    # Called to wake the writer's thread: its outcome is known, or it may lead.
+    wake: WakeUp = field(init=False, default_factory=WakeUp)
 
     def __post_init__(self) -> None:
         self.keys = frozenset(update.key for update in self.updates)
@@ -138,8 +170,7 @@ class WriteCombiner:
             if batch:
                 self._run(batch)
             elif wait > 0:
-                pending.wake.wait(wait)
-                pending.wake.clear()  # the state is checked again under the lock
+                pending.wake.wait(wait)  # the state is checked again under the lock
         if pending.error is not None:
             raise pending.error
 
@@ -176,7 +207,7 @@ class WriteCombiner:
             if candidate.deadline - now >= MIN_ATTEMPT_SECONDS and candidate.exclusive.isdisjoint(
                 self._busy
             ):
-                candidate.wake.set()
+                candidate.wake.call()
                 return
 
     def _take_batch(self, now: float) -> list[PendingWrite]:
@@ -230,7 +261,7 @@ class WriteCombiner:
             with self._lock:
                 for write in batch:
                     self._busy -= write.exclusive
-                    write.wake.set()
+                    write.wake.call()
                 self._in_flight -= 1
                 self._wake_next_leader(self._clock())
 
