@@ -419,7 +419,8 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
     def start_read_ahead(self, route: ReadAheadRoute) -> bool:
         """Start the store read of the request just received, if `route` knows it.
 
-        True: the request goes to a worker once the read is settled.
+        True: the request is served on the loop once the read is settled
+        (`ConnectionServer.serve_settled`).
         """
         request = self.requests[0]
         if request.error is not None:
@@ -656,7 +657,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     def add_task(self, channel: Channel) -> None:
         # On the loop thread (a request just received), probes and error
         # answers are served right here, after the channel's parsing is done;
-        # a request read ahead goes to the pool once its read is settled;
+        # a request read ahead is served here too, once its read is settled;
         # anything else goes to the worker threads now. From a worker thread
         # (the next pipelined request), everything goes to the pool.
         if threading.get_ident() == self.loop_thread:
