@@ -491,17 +491,11 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         partial.close()
         self.service()
 
-    # Lingering close.
-
-    def readable(self) -> bool:
-        if self.linger_until is not None:
-            return True
-        return bool(super().readable())
-
-    def writable(self) -> bool:
-        if self.linger_until is not None:
-            return False
-        return bool(super().writable())
+    # Lingering close. While lingering, waitress's own `readable` and
+    # `writable` say what is wanted (read and discard, write nothing) once
+    # its close flags are cleared; overriding them instead would cost every
+    # connection two more calls on every turn of the loop, and the loop
+    # turns often while a worker holds a response not yet flushed.
 
     def handle_read(self) -> None:
         if self.linger_until is None:
@@ -532,6 +526,8 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
                 self.linger_until = time.monotonic() + self.policy.linger_seconds
                 self._linger_left = self.policy.linger_bytes
                 self._drop_partial_request()
+                # Nothing left to send and no request: readable, not writable.
+                self.will_close = self.close_when_flushed = False
                 return
         self.close_now()
 
@@ -682,6 +678,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
 
     def serve_settled(self) -> None:
         """Serve the requests whose reads have settled; `server.Server` calls it each turn."""
+        if not self._settled:  # the usual turn; one appended meanwhile pulls the trigger
+            return
         with self._settled_lock:
             settled, self._settled = self._settled, []
         for channel in settled:
