@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,3 +152,29 @@ def run_module(
         timeout=30,
         check=False,
     )
+
+
+def read_response(sock: socket.socket, head: bool = False) -> tuple[bytes, dict[str, str], bytes]:
+    """One response: status line, headers (lower-case names), body by Content-Length.
+
+    `head`: the answer to a HEAD request, whose Content-Length announces no body.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a complete head: {data!r}")
+        data += chunk
+    top, _, rest = data.partition(b"\r\n\r\n")
+    status, *lines = top.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head else int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, headers, rest[:length]

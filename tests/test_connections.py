@@ -29,7 +29,7 @@ from waitress.utilities import (
 )
 
 from sensorstats.connections import problem_response
-from tests.service import ROOT, Service, start_service
+from tests.service import ROOT, Service, read_response, start_service
 
 PROBE_BOUND_SECONDS = 2.0
 SAMPLE = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}
@@ -37,32 +37,6 @@ SAMPLE = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.
 
 def connect(service: Service, timeout: float = 5.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", service.port), timeout=timeout)
-
-
-def read_response(sock: socket.socket, head: bool = False) -> tuple[bytes, dict[str, str], bytes]:
-    """One response: status line, headers (lower-case names), body by Content-Length.
-
-    `head`: the answer to a HEAD request, whose Content-Length announces no body.
-    """
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a complete head: {data!r}")
-        data += chunk
-    top, _, rest = data.partition(b"\r\n\r\n")
-    status, *lines = top.split(b"\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = 0 if head else int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return status, headers, rest[:length]
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:

@@ -38,7 +38,7 @@ from sensorstats.settings import Settings
 from sensorstats.store import Store
 from sensorstats.store.memory import MemoryStore
 from tests.etcd_process import EtcdProcess
-from tests.service import Service, start_service
+from tests.service import Service, read_response, start_service
 from tests.test_app import SAMPLE, FailingStore, measurement
 
 SCHEMATHESIS_CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
@@ -299,18 +299,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def raw_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"closed without an answer: {data!r}")
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        body += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, body
+    status, headers, body = read_response(sock)
+    return int(status.split()[1]), headers, body
 
 
 SERVER_REQUESTS = {

@@ -19,7 +19,7 @@ from sensorstats.logs import SUMMARISED_LOGGERS, configure_logging
 from sensorstats.request_id import MAX_LENGTH, new_request_id, request_id_for
 from sensorstats.settings import Settings
 from sensorstats.store.memory import MemoryStore
-from tests.service import Service, start_service
+from tests.service import Service, read_response, start_service
 from tests.test_app import SAMPLE, FailingStore
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -192,15 +192,8 @@ def raw_exchange(service: Service, request: bytes) -> tuple[int, dict[str, str]]
     """Send `request` as is; the status and headers of the answer."""
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
         sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in head[1:])
-    return int(head[0].split()[1]), headers
+        status, headers, _ = read_response(sock)
+    return int(status.split()[1]), headers
 
 
 def test_the_process_echoes_and_makes_ids(service):
