@@ -30,7 +30,6 @@ from typing import Any
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from sensorstats.connections import (
@@ -116,10 +115,13 @@ class Server:
         policy = ConnectionPolicy.from_settings(settings)
         budget = ReceiveBudget(policy.receive_budget)
         self._map: dict[int, Any] = {}
+        # Also after a listener is closed (and out of the map): its
+        # connections still have requests to serve.
+        self._listeners: list[ConnectionServer] = []
         try:
             # What `waitress.create_server` does, with our server class.
             for sockinfo in adjustments.listen:
-                ConnectionServer(
+                listener = ConnectionServer(
                     app,
                     self._map,
                     dispatcher=self._dispatcher,
@@ -128,20 +130,18 @@ class Server:
                     policy=policy,
                     budget=budget,
                 )
+                listener.read_ahead = read_ahead
+                self._listeners.append(listener)
         except OSError:
             wasyncore.close_all(self._map)
             raise
         self._dispatcher.set_thread_count(settings.threads)
-        # Kept apart from the map: a closed listener still has requests to serve.
-        self._connection_servers = self._listeners()
-        for listener in self._connection_servers:
-            listener.read_ahead = read_ahead
         if metrics is not None:
             self._watch(metrics)
 
     def _watch(self, metrics: Metrics) -> None:
         telemetry = RequestTelemetry(metrics)
-        for listener in self._listeners():
+        for listener in self._listeners:
             listener.telemetry = telemetry
         dispatcher = self._dispatcher
         # Read at scrape time without the dispatcher's lock: each is one
@@ -150,13 +150,13 @@ class Server:
             waiting=lambda: len(dispatcher.queue),
             in_flight=lambda: dispatcher.active_count,
             threads=lambda: len(dispatcher.threads),
-            connections=lambda: sum(len(s.active_channels) for s in self._listeners()),
+            connections=lambda: sum(len(s.active_channels) for s in self._listeners),
         )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs actually listened on (port 0 resolved)."""
-        return [(s.effective_host, s.effective_port) for s in self._listeners()]
+        return [(s.effective_host, s.effective_port) for s in self._listeners]
 
     def request_stop(self) -> None:
         """Begin draining; safe to call from a signal handler or any thread."""
@@ -187,7 +187,7 @@ class Server:
         self._loop_until(self._stop_requested.is_set)
 
         self._readiness.start_draining()
-        for listener in self._listeners():
+        for listener in self._listeners:
             listener.draining = True  # every answer from now on closes its connection
         _log.info(
             "stop requested: /healthz now answers 503; closing the listener in %.1f s",
@@ -197,7 +197,7 @@ class Server:
         close_at = time.monotonic() + self._settings.drain_delay
         self._loop_until(lambda: time.monotonic() >= close_at)
 
-        for listener in self._listeners():
+        for listener in self._listeners:
             self._accept_backlog(listener)
             # Only the listening socket: the trigger and channels stay in use.
             wasyncore.dispatcher.close(listener)
@@ -222,7 +222,7 @@ class Server:
     def _loop_until(self, done: Callable[[], bool]) -> None:
         while not done():
             wasyncore.loop(timeout=_LOOP_TICK_SECONDS, map=self._map, use_poll=True, count=1)
-            for listener in self._connection_servers:
+            for listener in self._listeners:
                 listener.serve_settled()
 
     @staticmethod
@@ -235,9 +235,6 @@ class Server:
         waiting.register(listener.socket, select.POLLIN)
         while waiting.poll(0):
             listener.handle_accept()
-
-    def _listeners(self) -> list[ConnectionServer]:
-        return [d for d in self._map.values() if isinstance(d, BaseWSGIServer)]
 
     def _busy_channels(self) -> int:
         """Connections with a request in progress or a response not yet sent."""
