@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from sensorstats import __version__
-from sensorstats.app import create_app, read_ahead_route
+from sensorstats.app import ahead_route, create_app
 from sensorstats.logs import FIELDS, configure_logging
 from sensorstats.metrics import Metrics
 from sensorstats.readiness import Readiness
@@ -92,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         readiness = Readiness(metrics.measured(store))
         try:
             app = create_app(settings, store, readiness, metrics)
-            server = Server(
-                app, settings, readiness, metrics, read_ahead=read_ahead_route(settings, store)
-            )
+            server = Server(app, settings, readiness, metrics, ahead=ahead_route(settings, store))
         except OSError as error:
             print(
                 f"sensorstats: error: cannot listen on {settings.host}:{settings.port}: {error}",

@@ -13,7 +13,9 @@ from sensorstats.metrics import Metrics
 from sensorstats.openapi import openapi_document
 from sensorstats.readiness import Readiness
 from sensorstats.resources import (
+    AheadRoutes,
     DataResource,
+    DataWriteAhead,
     HealthResource,
     LiveResource,
     MetricsResource,
@@ -73,15 +75,20 @@ def create_app(
     return app
 
 
-def read_ahead_route(settings: Settings, store: Store) -> StatisticsReadAhead | None:
-    """What the server reads ahead (see `sensorstats.read_ahead`); None: nothing.
+def ahead_route(settings: Settings, store: Store) -> AheadRoutes | None:
+    """Whose store calls the server starts ahead (see `sensorstats.ahead`); None: nobody's.
 
-    Not when reads need a token: the token is checked by the app, in a
-    worker, and a client without one must not make the store read.
+    A token is checked by the app, once the call ahead is done, and a
+    client without one must make the store neither write nor read: no writes
+    ahead when tokens are configured, no reads ahead when reads need one.
     """
-    if settings.read_requires_token:
-        return None
-    return StatisticsReadAhead(store, _limits(settings))
+    limits = _limits(settings)
+    routes: list[StatisticsReadAhead | DataWriteAhead] = []
+    if not settings.read_requires_token:
+        routes.append(StatisticsReadAhead(store, limits))
+    if _token_source(settings) is None:
+        routes.append(DataWriteAhead(store, limits, settings.max_body_bytes))
+    return AheadRoutes(*routes) if routes else None
 
 
 def _limits(settings: Settings) -> Limits:

@@ -22,12 +22,13 @@ where this module does it (each time the narrowest hook waitress offers):
   of `PROBE_PATHS` are answered on the event loop itself, never queued
   behind worker threads held by slow requests; their handlers must not block
   (`/healthz` reads a cached readiness). So are waitress's own error answers.
-- **Reads ahead** (`ConnectionServer.add_task`, `KeepAliveTask`). A request
-  its `ReadAheadRoute` recognises (``GET /statistics/{id}``) has its store
-  read started on the loop, and once the answer is in it is served on the
-  loop too, like a probe: the app then finds the answer and never blocks
-  (see `sensorstats.read_ahead`). No worker thread waits for etcd or is
-  woken for a GET at all; each costs the event loop what the app costs.
+- **Store calls ahead** (`ConnectionServer.add_task`, `KeepAliveTask`). A
+  request its `AheadRoute` recognises (``GET /statistics/{id}``, a small
+  ``POST /data``) has its store call started on the loop, and once the
+  outcome is in it is served on the loop too, like a probe: the app then
+  finds the outcome and never blocks (see `sensorstats.ahead`). No worker
+  thread waits for etcd or is woken for these requests at all; each costs
+  the event loop what the app costs.
 - **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
   heads and bodies, timeouts: RFC 9457 documents, not waitress's text/plain.
 - **Lingering close** (`Channel`). After an error answer the client may
@@ -57,7 +58,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
@@ -66,13 +67,13 @@ from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import BadRequest, Error
 
 from sensorstats import problems
+from sensorstats.ahead import AHEAD, Ahead, AheadRoute
 from sensorstats.logs import CONNECTIONS_LOGGER
-from sensorstats.read_ahead import READ_AHEAD, ReadAhead, Ready
 from sensorstats.request_id import HEADER as REQUEST_ID_HEADER
 from sensorstats.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
 from sensorstats.request_id import request_id_for
 from sensorstats.settings import Settings
-from sensorstats.telemetry import RequestTelemetry
+from sensorstats.telemetry import RECEIVED_AT, RequestTelemetry
 
 # Answered on the event loop; their handlers must never block.
 # /metrics too: a scrape must answer when the workers are all busy, which is
@@ -219,7 +220,8 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
     def __init__(self, adj: Any, *, policy: ConnectionPolicy, budget: ReceiveBudget) -> None:
         super().__init__(adj)
         self.started_at = time.monotonic()  # the first byte of this request
-        self.read_ahead: ReadAhead[Any] | None = None  # its store read, once settled
+        self.completed_at: float | None = None  # and the last
+        self.ahead: Ahead[Any] | None = None  # its store call, once settled
         self._policy = policy
         self._budget = budget
         self._reserved = 0
@@ -232,6 +234,7 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
         else:
             head_done_before = self.headers_finished
             consumed: int = super().received(data)
+            self._note_completion()
             if self.error is None and self.headers_finished:
                 if not head_done_before:
                     self._admit_body()
@@ -246,6 +249,22 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
     def close(self) -> None:
         super().close()
         self.release_budget()
+
+    def _note_completion(self) -> None:
+        if self.completed and self.completed_at is None:
+            self.completed_at = time.monotonic()
+
+    @property
+    def body_length(self) -> int:
+        """The length of the body as received (de-chunked): a `ReceivedRequest`."""
+        return len(self.body_rcv) if self.body_rcv is not None else 0
+
+    def body(self) -> bytes:
+        """The whole body, left unread for the app."""
+        if self.body_rcv is None:
+            return b""
+        body: bytes = self.body_rcv.getbuf().get()  # reads without consuming
+        return body
 
     def release_budget(self) -> None:
         """Give back the room this request's body took in the budget (once)."""
@@ -313,12 +332,17 @@ class KeepAliveTask(WSGITask):  # type: ignore[misc]  # waitress is untyped
     _bodiless_keep_alive = False
 
     def execute(self) -> None:
-        # The app's store `get` takes the answer read ahead for this request.
-        token = READ_AHEAD.set(getattr(self.request, "read_ahead", None))
+        # The app's store call takes the outcome settled ahead for this request.
+        token = AHEAD.set(getattr(self.request, "ahead", None))
         try:
             super().execute()
         finally:
-            READ_AHEAD.reset(token)
+            AHEAD.reset(token)
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[RECEIVED_AT] = getattr(self.request, "completed_at", None)
+        return environ
 
     def build_response_header(self) -> bytes:
         if getattr(self.channel.server, "draining", False):
@@ -416,21 +440,21 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
             request.command in _PROBE_METHODS and request.path in PROBE_PATHS
         )
 
-    def start_read_ahead(self, route: ReadAheadRoute) -> bool:
-        """Start the store read of the request just received, if `route` knows it.
+    def start_ahead(self, route: AheadRoute) -> bool:
+        """Start the store call of the request just received, if `route` knows it.
 
-        True: the request is served on the loop once the read is settled
+        True: the request is served on the loop once the call is settled
         (`ConnectionServer.serve_settled`).
         """
         request = self.requests[0]
         if request.error is not None:
             return False
 
-        def ready(read: ReadAhead[Any]) -> None:  # on the store's thread
-            request.read_ahead = read
-            self.server.read_settled(self)
+        def ready(call: Ahead[Any]) -> None:  # on the store's thread, or this one
+            request.ahead = call
+            self.server.call_settled(self)
 
-        return route.start(request.command, request.path, ready)
+        return route.start(request, ready)
 
     def service(self) -> None:
         super().service()
@@ -559,21 +583,14 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
 # --- the server ----------------------------------------------------------------------
 
 
-class ReadAheadRoute(Protocol):
-    """Which requests get their store read started on the loop (see `read_ahead`)."""
-
-    def start(self, method: str, path: str, ready: Ready) -> bool:
-        """Start the read for `method` `path` (decoded, as WSGI's PATH_INFO); False: none."""
-
-
 class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is untyped
     """One listening socket of waitress, with this module's connection handling."""
 
     channel_class = Channel
     # Hears of the answers the server gives by itself; set by `server.Server`.
     telemetry: RequestTelemetry | None = None
-    # Starts store reads for the requests it knows; set by `server.Server`.
-    read_ahead: ReadAheadRoute | None = None
+    # Starts store calls for the requests it knows; set by `server.Server`.
+    ahead: AheadRoute | None = None
 
     def __init__(
         self,
@@ -591,7 +608,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         self.draining = False  # set when the instance drains: every answer closes
         self.loop_thread = threading.get_ident()
         self._next_maintenance = 0.0
-        # Channels whose request's read ahead has settled, to serve on the loop.
+        # Channels whose request's call ahead has settled, to serve on the loop.
         self._settled: list[Channel] = []
         self._settled_lock = threading.Lock()
         super().__init__(application, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
@@ -653,14 +670,14 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     def add_task(self, channel: Channel) -> None:
         # On the loop thread (a request just received), probes and error
         # answers are served right here, after the channel's parsing is done;
-        # a request read ahead is served here too, once its read is settled;
+        # a request with a call ahead is served here too, once it is settled;
         # anything else goes to the worker threads now. From a worker thread
         # (the next pipelined request), everything goes to the pool.
         if threading.get_ident() == self.loop_thread:
             if channel.answers_inline():
                 channel.inline_pending = True
                 return
-            if self.read_ahead is not None and channel.start_read_ahead(self.read_ahead):
+            if self.ahead is not None and channel.start_ahead(self.ahead):
                 return
         self.dispatch(channel)
 
@@ -668,8 +685,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         """Queue `channel`'s next request for a worker thread (from any thread)."""
         super().add_task(channel)
 
-    def read_settled(self, channel: Channel) -> None:
-        """`channel`'s request has its read: serve it on the loop (from any thread)."""
+    def call_settled(self, channel: Channel) -> None:
+        """`channel`'s request has its call's outcome: serve it on the loop (from any thread)."""
         with self._settled_lock:
             self._settled.append(channel)
             first = len(self._settled) == 1
@@ -677,7 +694,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
             self.pull_trigger()
 
     def serve_settled(self) -> None:
-        """Serve the requests whose reads have settled; `server.Server` calls it each turn."""
+        """Serve the requests whose calls have settled; `server.Server` calls it each turn."""
         if not self._settled:  # the usual turn; one appended meanwhile pulls the trigger
             return
         with self._settled_lock:

@@ -35,9 +35,9 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from sensorstats import __version__
+from sensorstats.ahead import ReadAhead, Ready, WriteAhead
 from sensorstats.errors import StoreFull, StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey, IdempotencyKeyReused
-from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.readiness import Readiness
 from sensorstats.stats import Stats
 from sensorstats.store import Store
@@ -393,6 +393,9 @@ class MeasuredStore:
 
     def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
         return self._store.read_ahead(sensor, ready)  # its `get` is measured
+
+    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+        return self._store.write_ahead(deltas, ready)  # its `apply` is measured
 
     def delete(self, sensor: str) -> None:
         self._measure("delete", lambda: self._store.delete(sensor))

@@ -6,17 +6,23 @@ import json
 
 import falcon
 
+from sensorstats.ahead import AHEAD, Ready, ReceivedRequest, WriteAhead
 from sensorstats.auth import client_identity
 from sensorstats.batch import Limits, parse_batch, sensor_id_problem
 from sensorstats.errors import InvalidSensorId, PayloadTooLarge
 from sensorstats.idempotency import IdempotencyKey, fingerprint, parse_key_header
 from sensorstats.metrics import Metrics
 from sensorstats.problems import Problem
-from sensorstats.read_ahead import Ready
 from sensorstats.readiness import Readiness
 from sensorstats.store import Store
 
+DATA_PATH = "/data"
 STATISTICS_PREFIX = "/statistics/"
+# The largest body written ahead (see `DataWriteAhead`): parsed on the event
+# loop, so that a big batch never holds it for long. About 1,300 measurements;
+# larger batches are parsed and written by a worker thread.
+WRITE_AHEAD_MAX_BYTES = 128 * 1024
+IDEMPOTENCY_HEADER = "IDEMPOTENCY_KEY"  # as the server's request headers name it
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _READ_METHODS = ("GET", "HEAD")
@@ -52,6 +58,13 @@ class DataResource(Resource):
         self._max_body_bytes = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ahead = AHEAD.get()
+        if isinstance(ahead, WriteAhead):
+            # Validated and sent on the event loop (`DataWriteAhead`): only
+            # the outcome is left to take, from the store as for any write.
+            self._store.apply(ahead.batch)
+            resp.status = falcon.HTTP_204
+            return
         header = req.get_header("Idempotency-Key")
         client_key = None if header is None else parse_key_header(header)
         deltas = parse_batch(self._read_body(req), self._limits)
@@ -117,7 +130,7 @@ class StatisticsResource(Resource):
 class StatisticsReadAhead:
     """Starts the store's read for ``GET /statistics/{id}`` as soon as the request is in.
 
-    A `connections.ReadAheadRoute`: the server calls it on its event loop,
+    A `sensorstats.ahead.AheadRoute`: the server calls it on its event loop,
     so it must not block. It finds the sensor id as `StatisticsResource`
     does; should the two ever disagree, the resource's `get` finds no read
     for its own sensor and reads by itself, as for any request not read ahead.
@@ -127,8 +140,9 @@ class StatisticsReadAhead:
         self._store = store
         self._limits = limits
 
-    def start(self, method: str, path: str, ready: Ready) -> bool:
-        if method not in _READ_METHODS or not path.startswith(STATISTICS_PREFIX):
+    def start(self, request: ReceivedRequest, ready: Ready) -> bool:
+        path = request.path
+        if request.command not in _READ_METHODS or not path.startswith(STATISTICS_PREFIX):
             return False
         try:  # PATH_INFO: the path's bytes as Latin-1; an id is UTF-8
             sensor = path[len(STATISTICS_PREFIX) :].encode("iso-8859-1").decode()
@@ -137,6 +151,53 @@ class StatisticsReadAhead:
         if not sensor or sensor_id_problem(sensor, self._limits):
             return False
         return self._store.read_ahead(sensor, ready) is not None
+
+
+class DataWriteAhead:
+    """Starts the store's write for ``POST /data`` as soon as the request is in.
+
+    A `sensorstats.ahead.AheadRoute`, called on the event loop. It starts a
+    write exactly where `DataResource.on_post` would reach the store without
+    an idempotency key: no ``Idempotency-Key`` header, a body within the
+    limit that `parse_batch` accepts, at least one measurement. And only for
+    bodies up to `WRITE_AHEAD_MAX_BYTES`, and batches that fit in one
+    transaction (the store's `write_ahead` says). Everything else, errors
+    included, is served by a worker thread, which parses the body itself.
+    Never used when tokens are configured (`app.ahead_route`): the token is
+    checked by the app, and a client without one must not write.
+    """
+
+    def __init__(self, store: Store, limits: Limits, max_body_bytes: int) -> None:
+        self._store = store
+        self._limits = limits
+        self._max_bytes = min(max_body_bytes, WRITE_AHEAD_MAX_BYTES)
+
+    def start(self, request: ReceivedRequest, ready: Ready) -> bool:
+        if (
+            request.command != "POST"
+            or request.path != DATA_PATH
+            or IDEMPOTENCY_HEADER in request.headers
+            or request.body_length > self._max_bytes
+        ):
+            return False
+        body = request.body()
+        try:
+            deltas = parse_batch(body, self._limits)
+        except Exception:  # the worker parses again and answers the error
+            return False
+        if not deltas:
+            return False  # an empty batch: nothing to write
+        return self._store.write_ahead(deltas, ready) is not None
+
+
+class AheadRoutes:
+    """The first of `routes` that starts a call for a request (see `sensorstats.ahead`)."""
+
+    def __init__(self, *routes: StatisticsReadAhead | DataWriteAhead) -> None:
+        self._routes = routes
+
+    def start(self, request: ReceivedRequest, ready: Ready) -> bool:
+        return any(route.start(request, ready) for route in self._routes)
 
 
 class HealthResource(Resource):

@@ -32,11 +32,11 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.task import ThreadedTaskDispatcher
 
+from sensorstats.ahead import AheadRoute
 from sensorstats.connections import (
     HEADER_LIMIT_BYTES,
     ConnectionPolicy,
     ConnectionServer,
-    ReadAheadRoute,
     ReceiveBudget,
 )
 from sensorstats.logs import FIELDS
@@ -89,12 +89,12 @@ class Server:
         settings: Settings,
         readiness: Readiness,
         metrics: Metrics | None = None,
-        read_ahead: ReadAheadRoute | None = None,
+        ahead: AheadRoute | None = None,
     ) -> None:
         """Listen as `settings` say; `metrics` (the app's) also counts the server's own answers.
 
-        `read_ahead` starts the store reads of the requests it knows on the
-        event loop (see `sensorstats.read_ahead`).
+        `ahead` starts the store calls of the requests it knows on the
+        event loop (see `sensorstats.ahead`).
         """
         self._settings = settings
         self._readiness = readiness
@@ -130,7 +130,7 @@ class Server:
                     policy=policy,
                     budget=budget,
                 )
-                listener.read_ahead = read_ahead
+                listener.ahead = ahead
                 self._listeners.append(listener)
         except OSError:
             wasyncore.close_all(self._map)

@@ -9,7 +9,10 @@ timeouts, oversized heads; see `connections`) through `server_answered`.
 The access line, one per request, at INFO on the ``sensorstats.access``
 logger: method, route template, path (as sent, percent-encoding kept),
 status, duration, body bytes in and out, client address, user agent and the
-request id.
+request id. A request's duration runs from the moment the server had all of
+it (`RECEIVED_AT`, set by `connections`) to its answer: the wait for a
+worker thread, or for a store call started ahead (`sensorstats.ahead`),
+counts, as the client sees it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from sensorstats.metrics import UNMATCHED, Metrics, method_label
 from sensorstats.request_id import HEADER, WAITRESS_KEY, request_id_for
 
 DATA_ROUTE = "/data"
+# The WSGI environ key holding when the server had the whole request (monotonic).
+RECEIVED_AT = "sensorstats.received_at"
 # The route label of ``OPTIONS *``, which a sink answers, not a route.
 ASTERISK_ROUTE = "*"
 
@@ -48,7 +53,7 @@ class RequestTelemetry:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         context = req.context
-        context.started = time.monotonic()
+        context.started = req.env.get(RECEIVED_AT) or time.monotonic()
         request_id = request_id_for(req.get_header(HEADER))
         context.request_id = request_id
         REQUEST_ID.set(request_id)  # every line logged while serving it carries it

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from sensorstats.ahead import ReadAhead, Ready
 from sensorstats.errors import StoreFull, StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey
-from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import EMPTY, Stats
 from sensorstats.store.breaker import (
     CLOSED,

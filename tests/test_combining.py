@@ -79,6 +79,14 @@ def combiner_for(batches: ScriptedBatches, **options: object) -> WriteCombiner:
     return WriteCombiner(batches, **settings)  # type: ignore[arg-type]
 
 
+def refuse_bad(pending: PendingWrite) -> None:
+    """Decides a write: refused if its marker starts with "bad", else applied."""
+    if pending.marker.startswith("bad"):
+        pending.fail(StoreUnavailable(f"{pending.marker} refused"))
+    else:
+        pending.succeed()
+
+
 def queued(combiner: WriteCombiner) -> int:
     return len(combiner._queue)
 
@@ -107,13 +115,7 @@ def test_writes_queued_behind_a_transaction_share_the_next_one() -> None:
 
 
 def test_each_write_learns_its_own_outcome() -> None:
-    def decide(pending: PendingWrite) -> None:
-        if pending.marker.startswith("bad"):
-            pending.fail(StoreUnavailable(f"{pending.marker} refused"))
-        else:
-            pending.succeed()
-
-    batches = ScriptedBatches(hold=1, decide=decide)
+    batches = ScriptedBatches(hold=1, decide=refuse_bad)
     combiner = combiner_for(batches)
     with writers(combiner, write("k", marker="first")):
         assert batches.started.acquire(timeout=5)
@@ -291,3 +293,196 @@ def test_a_wait_without_a_call_ends_at_its_timeout_and_a_later_call_still_counts
     wake.call()
     assert woken.wait(5)
     thread.join(5)
+
+
+# --- writes ahead: queued without waiting, led by the committer thread ---------------
+
+
+class Told:
+    """The outcome a write ahead was told, once (`decided` called more than once is a bug)."""
+
+    def __init__(self, pending: PendingWrite) -> None:
+        self.pending = pending
+        self.calls = 0
+        self.event = threading.Event()
+        self.thread: str | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.thread = threading.current_thread().name
+        self.event.set()
+
+    def outcome(self, within: float = 5.0) -> Exception | None:
+        assert self.event.wait(within), f"{self.pending.marker} was never told its outcome"
+        assert self.calls == 1
+        assert self.pending.done
+        return self.pending.error
+
+
+def ahead(combiner: WriteCombiner, pending: PendingWrite) -> Told:
+    told = Told(pending)
+    combiner.write_ahead(pending, told)
+    return told
+
+
+def test_a_write_ahead_returns_at_once_and_the_committer_sends_it() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches)
+    try:
+        told = ahead(combiner, write("k", marker="m1"))  # the batch is held: no wait here
+        assert batches.started.acquire(timeout=5)
+        assert not told.event.is_set()
+        batches.release.set()
+        assert told.outcome() is None
+        assert told.thread == "etcd-writes"
+        assert batches.batches == [["m1"]]
+    finally:
+        combiner.close(5)
+
+
+def test_writes_ahead_and_waiting_writes_share_the_next_transaction() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches)
+    try:
+        first = ahead(combiner, write("hot", marker="first"))
+        assert batches.started.acquire(timeout=5)
+        told = [ahead(combiner, write("hot", marker=f"a{i}")) for i in range(5)]
+        with writers(combiner, *[write("hot", marker=f"w{i}") for i in range(5)]) as outcomes:
+            wait_until(lambda: queued(combiner) == 10)
+            batches.release.set()
+        assert outcomes == {f"w{i}": None for i in range(5)}
+        assert all(t.outcome() is None for t in [first, *told])
+        assert len(batches.batches) == 2
+        assert sorted(batches.batches[1]) == sorted([*(f"a{i}" for i in range(5)), *outcomes])
+    finally:
+        combiner.close(5)
+
+
+def test_each_write_ahead_is_told_its_own_outcome() -> None:
+    batches = ScriptedBatches(hold=1, decide=refuse_bad)
+    combiner = combiner_for(batches)
+    try:
+        ahead(combiner, write("k", marker="first"))
+        assert batches.started.acquire(timeout=5)
+        told = {m: ahead(combiner, write("k", marker=m)) for m in ("good1", "bad1", "good2")}
+        batches.release.set()
+        assert told["good1"].outcome() is None
+        assert told["good2"].outcome() is None
+        error = told["bad1"].outcome()
+        assert isinstance(error, StoreUnavailable)
+        assert error.detail == "bad1 refused"
+        assert len(batches.batches) == 2
+    finally:
+        combiner.close(5)
+
+
+def test_a_write_ahead_whose_deadline_passes_in_the_queue_is_never_sent() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches)
+    try:
+        # A writer's thread leads the batch held; the committer is free to
+        # notice the deadline. (A batch it leads itself ends by its own
+        # deadline, the earliest of its writes', before that of any write
+        # queued after them.)
+        with writers(combiner, write("k", marker="first")):
+            assert batches.started.acquire(timeout=5)
+            late = ahead(combiner, write("k", marker="late", within=0.3))
+            error = late.outcome()
+            assert isinstance(error, StoreUnavailable)
+            assert "was not applied" in error.detail
+            batches.release.set()
+        # The committer goes on with what comes next.
+        assert ahead(combiner, write("k", marker="next")).outcome() is None
+        assert all("late" not in batch for batch in batches.batches)
+        assert queued(combiner) == 0
+    finally:
+        combiner.close(5)
+
+
+def test_a_crashing_batch_tells_its_writes_ahead_the_outcome_is_unknown_and_the_committer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    crashed: list[str] = []
+
+    def crash_once(pending: PendingWrite) -> None:
+        if not crashed:
+            crashed.append(pending.marker)
+            raise RuntimeError("bug")
+        pending.succeed()
+
+    batches = ScriptedBatches(decide=crash_once)
+    combiner = combiner_for(batches)
+    try:
+        error = ahead(combiner, write("k", marker="doomed")).outcome()
+        assert isinstance(error, StoreUnavailable)
+        assert "outcome is unknown" in error.detail
+        assert ahead(combiner, write("k", marker="after")).outcome() is None
+        assert "failed unexpectedly" in caplog.text
+        assert combiner._in_flight == 0
+        assert not combiner._busy
+    finally:
+        combiner.close(5)
+
+
+def test_closing_fails_the_writes_ahead_not_sent_and_refuses_new_ones() -> None:
+    batches = ScriptedBatches(hold=1)
+    combiner = combiner_for(batches)
+    in_flight = ahead(combiner, write("k", marker="in-flight"))
+    assert batches.started.acquire(timeout=5)
+    queued_write = ahead(combiner, write("k", marker="queued"))
+    closing = threading.Thread(target=combiner.close, args=(5,))
+    closing.start()
+    error = queued_write.outcome()
+    assert isinstance(error, StoreUnavailable)
+    assert "not applied" in error.detail
+    batches.release.set()  # the batch in flight still ends, and is told
+    closing.join(10)
+    assert in_flight.outcome() is None
+    assert combiner._committer is not None
+    assert not combiner._committer.is_alive()
+    after = ahead(combiner, write("k", marker="after"))
+    assert after.event.is_set()  # told before `write_ahead` returned
+    assert isinstance(after.outcome(), StoreUnavailable)
+    assert batches.batches == [["in-flight"]]
+
+
+def test_many_writers_of_both_kinds_are_each_told_once_and_keys_never_overlap() -> None:
+    in_flight: set[str] = set()
+    overlaps: list[str] = []
+    guard = threading.Lock()
+
+    def run(batch: list[PendingWrite]) -> None:
+        keys = set().union(*(w.keys for w in batch))
+        with guard:
+            overlaps.extend(keys & in_flight)
+            in_flight.update(keys)
+        time.sleep(0.001)
+        with guard:
+            in_flight.difference_update(keys)
+        for pending in batch:
+            pending.succeed()
+
+    combiner = WriteCombiner(run, max_ops=16, max_bytes=1 << 20, max_in_flight=2)
+    told: list[Told] = []
+    told_lock = threading.Lock()
+
+    def post_ahead(thread: int) -> None:
+        for i in range(50):
+            one = ahead(combiner, write(f"s{i % 3}", marker=f"a{thread}-{i}"))
+            with told_lock:
+                told.append(one)
+
+    try:
+        sync = [write(f"s{i % 3}", marker=f"w{i}") for i in range(40)]
+        threads = [threading.Thread(target=post_ahead, args=(t,)) for t in range(4)]
+        with writers(combiner, *sync) as outcomes:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(15)
+        assert outcomes == {w.marker: None for w in sync}
+        assert len(told) == 200
+        assert all(t.outcome(within=15) is None for t in told)
+        assert overlaps == []
+    finally:
+        combiner.close(5)

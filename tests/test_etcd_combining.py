@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from sensorstats.ahead import AHEAD
 from sensorstats.errors import StoreUnavailable
 from sensorstats.stats import EMPTY, Stats
 from sensorstats.store.etcd import EtcdStore
@@ -220,3 +221,127 @@ def test_contention_that_outlasts_the_deadline_is_not_an_outage(
     assert "contention" in raised.value.detail
     # A circuit breaker must not stop calling a healthy etcd because of it.
     assert raised.value.outage is False
+
+
+# --- writes ahead: started on the server's event loop, taken by the request's apply --
+
+
+def post_ahead(store: EtcdStore, deltas: dict[str, Stats]) -> BaseException | None:
+    """What the server does for a POST written ahead: start, wait, then the app's apply.
+
+    Returns what the apply raised, if anything; the write must be started.
+    """
+    settled = threading.Event()
+    ahead = store.write_ahead(deltas, lambda call: settled.set())
+    assert ahead is not None
+    assert settled.wait(30), "the write ahead never settled"
+    token = AHEAD.set(ahead)
+    try:
+        store.apply(deltas)
+    except BaseException as error:
+        return error
+    finally:
+        AHEAD.reset(token)
+    return None
+
+
+def test_writes_ahead_and_waiting_writes_on_one_sensor_count_exactly(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), then=slow(0.01))
+    store = make_store(client)
+    threads, posts = 12, 10
+
+    def post(thread: int) -> None:
+        for i in range(posts):
+            deltas = {"hot": measured(thread * 1000 + i + 0.5)}
+            if thread % 3:
+                assert post_ahead(store, deltas) is None
+            else:
+                store.apply(deltas)
+
+    assert run_threads(threads, post) == []
+    expected = [t * 1000 + i + 0.5 for t in range(threads) for i in range(posts)]
+    assert store.get("hot") == merged(expected)
+    assert client.txn_calls <= threads * posts // 2  # requests shared transactions
+
+
+def test_a_lost_answer_of_a_commit_of_writes_ahead_counts_each_once(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), faults=[slow(0.4), lose_answer])
+    store = make_store(client)
+
+    def post(index: int) -> None:
+        if index:
+            time.sleep(0.1)  # the first is in flight by now
+        error = post_ahead(store, {"shared": measured(index)})
+        if error is not None:
+            raise error
+
+    assert run_threads(7, post) == []
+    assert client.txn_calls == 3  # the first, the six together (answer lost), the retry
+    assert store.get("shared") == merged(range(7))
+
+
+def test_a_refused_commit_of_writes_ahead_fails_exactly_their_requests(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), faults=[slow(0.4), refuse])
+    store = make_store(client)
+    errors: dict[int, BaseException | None] = {}
+
+    def post(index: int) -> None:
+        if index:
+            time.sleep(0.1)
+        errors[index] = post_ahead(store, {"shared": measured(index)})
+
+    assert run_threads(5, post) == []
+    assert errors[0] is None
+    for index in range(1, 5):
+        error = errors[index]
+        assert isinstance(error, StoreUnavailable)
+        assert error.detail == "injected: refused"
+    assert store.get("shared") == merged([0])
+
+
+def test_an_apply_under_a_write_ahead_of_another_batch_never_writes(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd))
+    store = make_store(client)
+    assert post_ahead(store, {"mine": measured(1.0)}) is None
+    settled = threading.Event()
+    ahead = store.write_ahead({"mine": measured(2.0)}, lambda call: settled.set())
+    assert ahead is not None
+    assert settled.wait(10)
+    token = AHEAD.set(ahead)
+    try:
+        with pytest.raises(RuntimeError, match="another batch"):
+            store.apply({"mine": measured(2.0)})  # equal, but not the batch written ahead
+    finally:
+        AHEAD.reset(token)
+    assert client.txn_calls == 2
+    assert store.get("mine") == measured(1.0, 2.0)
+
+
+def test_a_batch_of_several_transactions_is_not_written_ahead(
+    make_store: Callable[..., EtcdStore],
+) -> None:
+    store = make_store(max_txn_ops=4)  # three sensors and the marker per transaction
+    assert store.write_ahead({f"s{i}": measured(i) for i in range(4)}, lambda call: None) is None
+    assert post_ahead(store, {f"s{i}": measured(i) for i in range(3)}) is None
+    assert [store.get(f"s{i}") for i in range(3)] == [measured(i) for i in range(3)]
+
+
+def test_a_write_ahead_on_a_closed_store_fails_at_once_as_not_applied(
+    make_store: Callable[..., EtcdStore],
+) -> None:
+    store = make_store()
+    store.close()
+    settled: list[object] = []
+    ahead = store.write_ahead({"s": measured(1.0)}, settled.append)
+    assert ahead is not None
+    assert settled == [ahead]
+    with pytest.raises(StoreUnavailable, match="not applied"):
+        ahead.result()

@@ -13,8 +13,8 @@ from typing import Any
 import etcd3
 import pytest
 
+from sensorstats.ahead import AHEAD, ReadAhead
 from sensorstats.errors import StoreUnavailable
-from sensorstats.read_ahead import READ_AHEAD, ReadAhead
 from sensorstats.settings import EtcdEndpoint
 from sensorstats.stats import EMPTY, Stats, Timestamp
 from sensorstats.store.etcd import EtcdStore
@@ -127,12 +127,12 @@ def test_a_get_answers_from_the_read_started_ahead_for_its_request(
         time.sleep(0.01)
     assert settled == [read]
     store.apply({"ahead": measured(2.0)})  # acknowledged after the request's read
-    token = READ_AHEAD.set(read)
+    token = AHEAD.set(read)
     try:
         assert store.get("ahead") == measured(1.0)  # what was read for this request
         assert store.get("other") == measured(5.0)  # another sensor: read now
     finally:
-        READ_AHEAD.reset(token)
+        AHEAD.reset(token)
     assert store.get("ahead") == measured(1.0, 2.0)  # a later request reads afresh
 
 

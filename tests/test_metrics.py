@@ -448,11 +448,11 @@ def test_a_scrape_answers_while_every_worker_is_busy(own_etcd: EtcdProcess, tmp_
         try:
             started = threading.Event()
 
-            def post() -> int:
+            def delete() -> int:  # served by the worker (POSTs are written ahead)
                 started.set()
-                return service.post("/data", SAMPLE, timeout=30).status
+                return service.delete("/statistics/busy", timeout=30).status
 
-            posts = [posting.submit(post) for _ in range(3)]
+            posts = [posting.submit(delete) for _ in range(3)]
             started.wait(5)
             deadline = time.monotonic() + 2.5
             while True:  # until the posts have reached the worker and the queue

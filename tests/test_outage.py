@@ -76,17 +76,19 @@ def timed(call) -> tuple[Response, float]:  # type: ignore[no-untyped-def]
 def test_probes_answer_while_every_worker_waits_on_a_paused_etcd(
     service: Service, paused: EtcdProcess
 ) -> None:
-    # 48 clients posting: 16 hold every worker thread for the write
-    # deadline, the others queue behind them.
+    # 48 clients posting with idempotency keys (settled by a worker, never
+    # written ahead): 16 hold every worker thread for the write deadline,
+    # the others queue behind them.
     posting = ThreadPoolExecutor(max_workers=48)
     started = threading.Event()
 
-    def post() -> int:
+    def post(n: int) -> int:
         started.set()
-        return service.post("/data", BATCH, timeout=30).status
+        keyed = {"Idempotency-Key": f"outage-probes-{n}"}
+        return service.post("/data", BATCH, headers=keyed, timeout=30).status
 
     try:
-        posts = [posting.submit(post) for _ in range(48)]
+        posts = [posting.submit(post, n) for n in range(48)]
         started.wait(5)
         time.sleep(0.5)  # let them reach the workers and the queue
         live, live_took = timed(lambda: service.get("/livez", timeout=10))
@@ -132,6 +134,36 @@ def test_gets_waiting_on_a_paused_etcd_hold_no_worker_thread(
     assert gauge(scraped, "sensorstats_http_requests_in_flight") == 0
     assert gauge(scraped, "sensorstats_http_requests_waiting") == 0
     assert refused.status == 400
+    assert statuses == {503}
+
+
+def test_posts_waiting_on_a_paused_etcd_hold_no_worker_thread(
+    service: Service, paused: EtcdProcess
+) -> None:
+    # Twice as many POSTs as worker threads. Each is written ahead: its
+    # write waits in the store's queue, started on the event loop, and no
+    # worker is given the request before its outcome is in.
+    with ThreadPoolExecutor(max_workers=32) as posting:
+        traced = {"X-Request-ID": "outage-post-1"}
+        posts = [
+            posting.submit(
+                service.post, "/data", BATCH, headers=traced if n == 0 else {}, timeout=30
+            )
+            for n in range(32)
+        ]
+        time.sleep(0.5)  # they are all in, waiting on etcd
+        scraped = service.get("/metrics").body
+        refused, took = timed(lambda: service.post("/data", "not json"))  # a worker's
+        statuses = {post.result(timeout=30).status for post in posts}
+    # The first one's duration runs from its arrival, the wait for its write included.
+    wait_until(lambda: '"outage-post-1"' in service.log(), within=10)  # lines are batched
+    lines = [json.loads(line) for line in service.log().splitlines() if "outage-post-1" in line]
+    (access,) = [line for line in lines if line["logger"] == "sensorstats.access"]
+    assert access["duration_ms"] >= 500  # it waited out at least one etcd call
+    assert gauge(scraped, "sensorstats_http_requests_in_flight") == 0
+    assert gauge(scraped, "sensorstats_http_requests_waiting") == 0
+    assert refused.status == 400
+    assert took < PROBE_BOUND_SECONDS
     assert statuses == {503}
 
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from sensorstats.ahead import ReadAhead
 from sensorstats.errors import StoreUnavailable
-from sensorstats.read_ahead import ReadAhead
 from sensorstats.store.read_rounds import ReadRounds
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from sensorstats.ahead import ReadAhead, Ready, WriteAhead
 from sensorstats.idempotency import IdempotencyKey
-from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import Stats
 
 
@@ -26,12 +26,16 @@ class Store(Protocol):
         With an idempotency `key`, a batch already applied under that key (same
         fingerprint, within the idempotency window) is not applied again, and
         one applied with another fingerprint raises `IdempotencyKeyReused`.
+
+        While `sensorstats.ahead.AHEAD` holds a settled write of these very
+        `deltas` (the same object), started by `write_ahead` for the same
+        request, its outcome: the batch is never written twice.
         """
 
     def get(self, sensor: str) -> Stats:
         """The sensor's current statistics (`stats.EMPTY` if none), linearizable.
 
-        While `sensorstats.read_ahead.READ_AHEAD` holds a settled read of this
+        While `sensorstats.ahead.AHEAD` holds a settled read of this
         sensor's, started by `read_ahead` for the same request, its answer.
         """
 
@@ -39,8 +43,18 @@ class Store(Protocol):
         """Start reading `sensor` for the `get` its request will make; None if pointless.
 
         The read calls ``ready(read)`` once settled, from any thread, and is used by
-        the `get` made while `READ_AHEAD` holds it. None: the store reads from
+        the `get` made while `AHEAD` holds it. None: the store reads from
         memory, or should not be asked now; the `get` then reads by itself.
+        """
+
+    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+        """Start applying `deltas` (no idempotency key) for its request's `apply`; None: not now.
+
+        The write calls ``ready(write)`` once settled, from any thread; the
+        `apply` of the same `deltas` made while `AHEAD` holds it takes its
+        outcome. Never blocks. None: the store writes to memory, the batch
+        is too large for one transaction, or the store should not be asked
+        now; the `apply` then writes by itself.
         """
 
     def delete(self, sensor: str) -> None:

@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from sensorstats.ahead import AHEAD, ReadAhead, Ready, WriteAhead
 from sensorstats.errors import StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey
-from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import Stats
 from sensorstats.store import Store
 from sensorstats.store.events import STORE_EVENTS
@@ -88,7 +88,10 @@ class BreakerStore:
     # --- the Store protocol ------------------------------------------------
 
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
-        self._call(lambda: self._store.apply(deltas, key))
+        # A batch written ahead was sent while the breaker was closed: its
+        # outcome is taken whatever the state now, and counted like any other.
+        admit = not isinstance(AHEAD.get(), WriteAhead)
+        self._call(lambda: self._store.apply(deltas, key), admit=admit)
 
     def get(self, sensor: str) -> Stats:
         return self._call(lambda: self._store.get(sensor))
@@ -98,6 +101,12 @@ class BreakerStore:
         if self._state != CLOSED:
             return None
         return self._store.read_ahead(sensor, ready)
+
+    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+        # Only while closed, as reads ahead: the `apply` fails fast or makes the trial.
+        if self._state != CLOSED:
+            return None
+        return self._store.write_ahead(deltas, ready)
 
     def delete(self, sensor: str) -> None:
         self._call(lambda: self._store.delete(sensor))
@@ -110,8 +119,9 @@ class BreakerStore:
 
     # --- the state machine -------------------------------------------------
 
-    def _call(self, call: Callable[[], T]) -> T:
-        trial = self._admit()
+    def _call(self, call: Callable[[], T], *, admit: bool = True) -> T:
+        """`call`, if the breaker admits it (or `admit` is False), its outcome counted."""
+        trial = self._admit() if admit else False
         try:
             result = call()
         except StoreUnavailable as error:

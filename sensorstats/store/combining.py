@@ -15,6 +15,16 @@ write still queued when too little of its deadline is left to send an
 attempt fails as "not applied" (nothing was sent); a write whose batch has
 not finished shortly after its deadline reports its outcome as unknown.
 
+A write may also be queued by a thread that must not wait, the server's
+event loop (`write_ahead`, see `sensorstats.ahead`): it is told its outcome
+by a callback, and the combiner's own committer thread leads the batches
+that such writes need, with the same rules. Queued with the others, these
+writes share their transactions, whichever thread leads. The committer fails
+a write ahead that is still queued when its deadline comes; while it leads a
+batch itself, it looks when that batch ends, which is by the batch's
+deadline: the earliest of its writes', all made with the same timeout
+before the writes queued behind them.
+
 Under load, a write that finds nothing queued or in flight waits
 `GATHER_SECONDS` for company before it leads (PostgreSQL's commit_delay):
 each transaction costs this instance and etcd far more CPU than one more
@@ -27,6 +37,7 @@ reads its outcome from it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +57,11 @@ GATHER_SECONDS = 0.002
 # every call of the batch ends by the batch's deadline, which is the
 # earliest of its writes', so this only covers scheduling delays.
 OUTCOME_GRACE_SECONDS = 1.0
+# How long the committer thread sleeps when no write ahead is queued: it is
+# woken for each one, so this only bounds how late it notices a close.
+COMMITTER_IDLE_SECONDS = 1.0
+
+_log = logging.getLogger(__name__)
 
 
 class WakeUp:
@@ -101,7 +117,9 @@ class PendingWrite:
     ops: int = field(init=False)
     size: int = field(init=False)
     # Called to wake the writer's thread: its outcome is known, or it may lead.
+    # A write ahead shares the committer's, and is told its outcome by `decided`.
     wake: WakeUp = field(init=False, default_factory=WakeUp)
+    decided: Callable[[], None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.keys = frozenset(update.key for update in self.updates)
@@ -149,6 +167,10 @@ class WriteCombiner:
         # sleep on their own `wake` event, so that a decided batch wakes its
         # own writers and one writer that can lead next, not every thread.
         self._lock = threading.Lock()
+        # Leads for the writes ahead; started with the first of them.
+        self._committer: threading.Thread | None = None
+        self._committer_wake = WakeUp()
+        self._closed = False
 
     def write(self, pending: PendingWrite) -> None:
         """Apply `pending` in some batch; raises StoreUnavailable with its own outcome."""
@@ -173,6 +195,86 @@ class WriteCombiner:
                 pending.wake.wait(wait)  # the state is checked again under the lock
         if pending.error is not None:
             raise pending.error
+
+    def write_ahead(self, pending: PendingWrite, decided: Callable[[], None]) -> None:
+        """Queue `pending` and return at once; `decided()` is called once it has its outcome.
+
+        Never blocks, so the event loop may call it. The committer thread, or
+        a writer leading meanwhile, sends it in a batch; the committer fails
+        it as not sent when its deadline comes first. `decided` is called
+        from the thread that decided it, or here if the combiner is closed.
+        """
+        pending.wake = self._committer_wake
+        pending.decided = decided
+        with self._lock:
+            if not self._closed:
+                self._queue.append(pending)
+                if self._committer is None:
+                    self._committer = threading.Thread(
+                        target=self._commit_ahead, name="etcd-writes", daemon=True
+                    )
+                    self._committer.start()
+                self._wake_next_leader(self._clock())
+                return
+        pending.fail(_closed())
+        _tell(pending)
+
+    def close(self, timeout: float) -> None:
+        """Fail the writes ahead still queued and stop the committer, within `timeout` s.
+
+        A batch in flight still ends by its own deadline, and its writes learn
+        their outcome; writes not yet sent are failed as not applied.
+        """
+        with self._lock:
+            self._closed = True
+            self._committer_wake.call()
+            committer = self._committer
+            unsent = self._drop_ahead(lambda write: True, _closed())
+        for write in unsent:
+            _tell(write)
+        if committer is not None:
+            committer.join(timeout)
+
+    def _commit_ahead(self) -> None:
+        """The committer thread: leads batches while writes ahead are queued."""
+        while True:
+            batch, wait, decided = self._lead_ahead()
+            for write in decided:
+                _tell(write)
+            if batch is None:
+                return
+            if batch:
+                try:
+                    self._run(batch)
+                except Exception:  # its writes are failed; the committer goes on
+                    _log.exception("a shared write transaction failed unexpectedly")
+            else:
+                self._committer_wake.wait(wait)
+
+    def _lead_ahead(self) -> tuple[list[PendingWrite] | None, float, list[PendingWrite]]:
+        """A batch for the committer (None: stop), how long to wait, and writes now decided."""
+        with self._lock:
+            if self._closed:
+                return None, 0.0, []
+            now = self._clock()
+            decided = self._drop_ahead(lambda w: w.deadline - now < MIN_ATTEMPT_SECONDS, None)
+            waiting = [write.deadline for write in self._queue if write.decided is not None]
+            if not waiting:
+                return [], COMMITTER_IDLE_SECONDS, decided
+            return self._take_batch(now), min(waiting) - now - MIN_ATTEMPT_SECONDS, decided
+
+    def _drop_ahead(
+        self, which: Callable[[PendingWrite], bool], error: StoreUnavailable | None
+    ) -> list[PendingWrite]:
+        """Fail the queued writes ahead `which` picks, with `error` or as not sent (lock held).
+
+        Returns them, to be told outside the lock.
+        """
+        dropped = [w for w in self._queue if w.decided is not None and which(w)]
+        for write in dropped:
+            self._queue.remove(write)
+            write.fail(error or _not_sent(write))
+        return dropped
 
     def _lead_or_wait(self, pending: PendingWrite) -> tuple[list[PendingWrite], float]:
         """A batch for this thread to run, or how long to wait for a wake-up."""
@@ -261,9 +363,28 @@ class WriteCombiner:
             with self._lock:
                 for write in batch:
                     self._busy -= write.exclusive
-                    write.wake.call()
+                    if write.decided is None:
+                        write.wake.call()
                 self._in_flight -= 1
                 self._wake_next_leader(self._clock())
+            for write in batch:
+                if write.decided is not None:
+                    _tell(write)
+
+
+def _tell(write: PendingWrite) -> None:
+    """Let a write ahead's request go on with its outcome."""
+    assert write.decided is not None
+    try:
+        write.decided()
+    except Exception:  # every other write of the batch is told whatever this one does
+        _log.exception("a write ahead could not go on with its request")
+
+
+def _closed() -> StoreUnavailable:
+    return StoreUnavailable(
+        "the update was not applied: the instance is shutting down", retry_after=1
+    )
 
 
 def _not_sent(pending: PendingWrite) -> StoreUnavailable:

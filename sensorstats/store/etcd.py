@@ -12,8 +12,9 @@ The store is assembled from parts that each do one job:
 - `etcd_writes`: committing one shared batch, retries and lost answers;
 - `read_rounds`: concurrent GETs share linearizable reads sent after they
   arrived, by one sender thread; a GET's read may be started ahead, on the
-  server's event loop (`sensorstats.read_ahead`), and its `get` then takes
-  that answer;
+  server's event loop (`sensorstats.ahead`), and its `get` then takes
+  that answer; so may a POST's write of one chunk, and its `apply` then
+  takes that outcome;
 - `etcd_memory`: the last seen records, and the marker lease.
 
 Atomicity: etcd allows ``--max-txn-ops`` (128) operations per list of a
@@ -37,9 +38,9 @@ from typing import Any
 
 import etcd3.etcdrpc as rpc
 
+from sensorstats.ahead import AHEAD, ReadAhead, Ready, WriteAhead
 from sensorstats.errors import StoreUnavailable
 from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
-from sensorstats.read_ahead import READ_AHEAD, ReadAhead
 from sensorstats.settings import Settings
 from sensorstats.stats import Stats
 from sensorstats.store.combining import PendingWrite, WriteCombiner
@@ -60,6 +61,8 @@ from sensorstats.store.etcd_writes import BatchCommitter
 from sensorstats.store.read_rounds import ReadRounds
 
 CACHE_SIZE = 10_000
+# How long closing waits for the batch of writes ahead in flight, if any.
+CLOSE_SECONDS = 2.0
 CHECK_TIMEOUT = 0.5
 # Transactions one instance keeps in flight at once, each carrying every
 # write that queued meanwhile. A gRPC call costs this instance about 0.3 ms
@@ -95,8 +98,6 @@ class EtcdStore:
         self._write_timeout = write_timeout
         self._chunk_sensors = max_txn_ops - 1
         self._cache = SeenCache(cache_size)
-        # Request ids: unique to this store object, then a counter, which is
-        # far cheaper than drawing 128 random bits per request.
         self._instance = secrets.token_hex(8)
         self._sequence = itertools.count()
         committer = BatchCommitter(
@@ -136,18 +137,18 @@ class EtcdStore:
         With an idempotency `key`, each chunk's marker derives from the key
         and holds the payload's fingerprint: a chunk whose marker exists is
         not applied again, so a retry applies exactly the missing chunks.
+        While `AHEAD` holds the write ahead of these `deltas`, its outcome.
         """
+        ahead = AHEAD.get()
+        if isinstance(ahead, WriteAhead):
+            if ahead.batch is not deltas:  # never write a request's batch twice
+                raise RuntimeError("a request written ahead applied another batch")
+            ahead.result()
+            return
         deadline = time.monotonic() + self._write_timeout
-        updates = sorted(
-            (
-                Update(sensor_key(self._prefix, sensor), delta)
-                for sensor, delta in deltas.items()
-                if delta.count
-            ),
-            key=lambda update: update.key,
-        )
+        updates = self._updates(deltas)
         chunks = split_batch(updates, self._chunk_sensors)
-        request_id = f"{self._instance}-{next(self._sequence):x}"
+        request_id = self._request_id()
         for index, chunk in enumerate(chunks):
             if key is None:
                 pending = PendingWrite(chunk, marker_key(self._prefix, request_id, index), deadline)
@@ -174,15 +175,27 @@ class EtcdStore:
                     failure.retry_after,
                 ) from None
 
+    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+        """Queue `deltas` as one shared transaction; None if they need more than one."""
+        updates = self._updates(deltas)
+        chunks = split_batch(updates, self._chunk_sensors)
+        if len(chunks) != 1:
+            return None  # several chunks: `apply` tells which were applied if one fails
+        deadline = time.monotonic() + self._write_timeout
+        pending = PendingWrite(chunks[0], marker_key(self._prefix, self._request_id(), 0), deadline)
+        ahead = WriteAhead(deltas, deadline, ready)
+        self._writes.write_ahead(pending, lambda: ahead.settle(None, pending.error))
+        return ahead
+
     def get(self, sensor: str) -> Stats:
         key = sensor_key(self._prefix, sensor)
-        ahead = READ_AHEAD.get()
-        if ahead is not None and ahead.key == key:
+        ahead = AHEAD.get()
+        if isinstance(ahead, ReadAhead) and ahead.key == key:
             seen: Seen = ahead.result()
             return seen.stats
         return self._reads.get(key).stats
 
-    def read_ahead(self, sensor: str, ready: Callable[[ReadAhead[Seen]], None]) -> ReadAhead[Seen]:
+    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Seen]:
         return self._reads.read_ahead(sensor_key(self._prefix, sensor), ready)
 
     def delete(self, sensor: str) -> None:
@@ -203,10 +216,26 @@ class EtcdStore:
         self._failing_over(lambda: self._client.range(request, timeout), repeatable=True)
 
     def close(self) -> None:
+        self._writes.close(CLOSE_SECONDS)
         self._reads.close()
         self._client.close()
 
-    # --- reading and failover ----------------------------------------------
+    # --- writing, reading and failover -------------------------------------
+
+    def _updates(self, deltas: Mapping[str, Stats]) -> list[Update]:
+        """The updates of `deltas`, in sorted key order (see the module docstring)."""
+        return sorted(
+            (
+                Update(sensor_key(self._prefix, sensor), delta)
+                for sensor, delta in deltas.items()
+                if delta.count
+            ),
+            key=lambda update: update.key,
+        )
+
+    def _request_id(self) -> str:
+        """Unique to this store object, then a counter: far cheaper than 128 random bits."""
+        return f"{self._instance}-{next(self._sequence):x}"
 
     def _read(self, keys: Sequence[str]) -> dict[str, Seen]:
         """One linearizable read of `keys` (a round of `ReadRounds`)."""

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sensorstats.ahead import ReadAhead, Ready, WriteAhead
 from sensorstats.errors import StoreFull
 from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey, IdempotencyKeyReused
-from sensorstats.read_ahead import ReadAhead, Ready
 from sensorstats.stats import EMPTY, Stats
 
 # Idempotency keys remembered at most: about 200 bytes each, so 20 MB.
@@ -64,6 +64,9 @@ class MemoryStore:
 
     def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
         return None  # a read from memory costs no wait worth starting early
+
+    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+        return None  # a write to memory costs no wait worth starting early
 
     def delete(self, sensor: str) -> None:
         with self._lock:
