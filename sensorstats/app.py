@@ -81,7 +81,10 @@ def ahead_route(settings: Settings, store: Store) -> AheadRoutes | None:
     A token is checked by the app, once the call ahead is done, and a
     client without one must make the store neither write nor read: no writes
     ahead when tokens are configured, no reads ahead when reads need one.
+    None for a store that never calls ahead (the embedded store).
     """
+    if not store.calls_ahead:
+        return None
     limits = _limits(settings)
     routes: list[StatisticsReadAhead | DataWriteAhead] = []
     if not settings.read_requires_token:

@@ -383,6 +383,7 @@ class MeasuredStore:
         self._store = store
         self._metrics = metrics
         self.description = store.description
+        self.calls_ahead = store.calls_ahead
 
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         self._measure("apply", lambda: self._store.apply(deltas, key))

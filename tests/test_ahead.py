@@ -20,6 +20,7 @@ from sensorstats.resources import (
 )
 from sensorstats.settings import load_settings
 from sensorstats.stats import Stats
+from sensorstats.store.memory import MemoryStore
 
 LIMITS = Limits(max_batch=100, max_sensor_id=16)
 MAX_BODY = 1 << 20
@@ -47,6 +48,8 @@ class Received:
 
 class Recorder:
     """A store that records the calls asked ahead of it; `accept` False: it declines them."""
+
+    calls_ahead = True
 
     def __init__(self, accept: bool = True) -> None:
         self.sensors: list[str] = []
@@ -217,3 +220,7 @@ def test_with_tokens_no_write_is_started_ahead_as_an_anonymous_client_must_not_w
 def test_when_reads_need_a_token_nothing_is_started_ahead() -> None:
     protected = {"SENSORSTATS_API_TOKENS": TOKEN, "SENSORSTATS_READ_REQUIRES_TOKEN": "true"}
     assert kinds(protected) == set()
+
+
+def test_a_store_that_never_calls_ahead_gets_no_route_and_no_body_is_parsed_twice() -> None:
+    assert ahead_route(load_settings([], {}), MemoryStore(max_sensors=10)) is None

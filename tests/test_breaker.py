@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sensorstats.ahead import ReadAhead, Ready
+from sensorstats.ahead import AHEAD, ReadAhead, Ready, WriteAhead
 from sensorstats.errors import StoreFull, StoreUnavailable
 from sensorstats.idempotency import IdempotencyKey
 from sensorstats.stats import EMPTY, Stats
@@ -43,12 +43,14 @@ class FlakyStore:
     """Raises `failure` from every call while it is set; counts the calls that reach it."""
 
     description = "a flaky store"
+    calls_ahead = True
 
     def __init__(self) -> None:
         self.failure: Exception | None = None
         self.calls = 0
         self.closed = False
         self.reads_ahead: list[str] = []
+        self.writes_ahead: list[Mapping[str, Stats]] = []
 
     def _call(self) -> None:
         self.calls += 1
@@ -68,6 +70,10 @@ class FlakyStore:
     def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
         self.reads_ahead.append(sensor)
         return ReadAhead(sensor, deadline=0.0, ready=ready)
+
+    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+        self.writes_ahead.append(deltas)
+        return WriteAhead(deltas, deadline=0.0, ready=ready)
 
     def check(self) -> None:
         self._call()
@@ -117,6 +123,35 @@ def test_reads_are_started_ahead_only_while_closed(breaker, inner, clock):
     assert breaker.state == HALF_OPEN
     assert breaker.read_ahead("s", lambda read: None) is None
     assert inner.reads_ahead == ["s"]
+
+
+def test_writes_are_started_ahead_only_while_closed(breaker, inner, clock):
+    assert breaker.write_ahead({}, lambda write: None) is not None
+    inner.failure = DOWN
+    fail(breaker, 3)
+    assert breaker.write_ahead({}, lambda write: None) is None
+    clock.now += 2.0
+    assert breaker.state == HALF_OPEN
+    assert breaker.write_ahead({}, lambda write: None) is None
+    assert len(inner.writes_ahead) == 1
+
+
+def test_the_outcome_of_a_write_ahead_is_taken_even_once_the_breaker_is_open(breaker, inner):
+    batch: dict[str, Stats] = {}
+    written = breaker.write_ahead(batch, lambda write: None)
+    assert written is not None
+    written.settle(None, None)
+    inner.failure = DOWN
+    fail(breaker, 3)  # other requests open it meanwhile
+    assert breaker.state == OPEN
+    inner.failure = None
+    token = AHEAD.set(written)
+    try:
+        breaker.apply(batch)  # sent while closed: its outcome, not a fast failure
+    finally:
+        AHEAD.reset(token)
+    assert inner.calls == 4
+    assert breaker.state == CLOSED  # and it counts, as any answer does
 
 
 def test_it_opens_after_the_threshold_of_consecutive_outages(breaker, inner):

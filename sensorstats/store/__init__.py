@@ -18,6 +18,9 @@ class Store(Protocol):
     """
 
     description: str  # for the start-up log line: what and where
+    # Whether `read_ahead` and `write_ahead` may ever start a call: if not,
+    # the server does not prepare them (a write ahead parses the body).
+    calls_ahead: bool
 
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         """Merge each sensor's delta into its statistics, all or nothing where possible.

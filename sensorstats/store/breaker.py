@@ -76,6 +76,7 @@ class BreakerStore:
         self._retry_at = 0.0  # while open: when the next trial may start
         self._trial_running = False
         self.description = f"{store.description}, behind a circuit breaker"
+        self.calls_ahead = store.calls_ahead
 
     @property
     def state(self) -> str:

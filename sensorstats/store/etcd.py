@@ -89,6 +89,7 @@ class EtcdStore:
     ) -> None:
         if max_txn_ops < 2:
             raise ValueError("max_txn_ops must leave room for a sensor and the marker")
+        self.calls_ahead = True
         self.description = (
             f"etcd at {','.join(str(e) for e in client.endpoints)} under prefix {prefix!r}"
         )

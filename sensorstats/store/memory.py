@@ -43,6 +43,7 @@ class MemoryStore:
         self._max_keys = max_keys
         self._clock = clock
         limit = "no limit" if max_sensors is None else f"at most {max_sensors} sensors"
+        self.calls_ahead = False  # a call to memory costs no wait worth starting early
         self.description = (
             f"embedded in-memory store ({limit}; single instance only; data is lost on exit)"
         )
