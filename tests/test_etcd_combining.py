@@ -345,3 +345,34 @@ def test_a_write_ahead_on_a_closed_store_fails_at_once_as_not_applied(
     assert settled == [ahead]
     with pytest.raises(StoreUnavailable, match="not applied"):
         ahead.result()
+
+
+class InterferingClient(EtcdClient):
+    """Lets `interfere()` write first before each of the next `times` write transactions."""
+
+    def __init__(self, member: EtcdProcess, interfere: Callable[[], None], times: int) -> None:
+        super().__init__(endpoints(member))
+        self.kinds: list[str] = []  # "write" or "read", in order
+        self._interfere = interfere
+        self._left = times
+
+    def txn(self, request: Any, timeout: float) -> Any:
+        writes = any(op.HasField("request_put") for op in request.success)
+        self.kinds.append("write" if writes else "read")
+        if writes and self._left:
+            self._left -= 1
+            self._interfere()
+        return super().txn(request, timeout)
+
+
+def test_conflicts_are_retried_at_once_three_times_then_after_a_pause_and_a_fresh_read(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    other = make_store()
+    client = InterferingClient(etcd, lambda: other.apply({"raced": measured(1.0)}), times=4)
+    store = make_store(client)
+    store.apply({"raced": measured(2.0)})
+    # Four refusals: three retried at once with the values each refusal read,
+    # the fourth after a back-off and a read of the values as they are now.
+    assert client.kinds == ["write"] * 4 + ["read", "write"]
+    assert store.get("raced") == merged([1.0] * 4 + [2.0])
