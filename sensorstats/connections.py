@@ -608,6 +608,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         self.draining = False  # set when the instance drains: every answer closes
         self.loop_thread = threading.get_ident()
         self._next_maintenance = 0.0
+        # Requests with a call ahead not served yet; counted on the loop thread only.
+        self.awaiting_store = 0
         # Channels whose request's call ahead has settled, to serve on the loop.
         self._settled: list[Channel] = []
         self._settled_lock = threading.Lock()
@@ -678,6 +680,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
                 channel.inline_pending = True
                 return
             if self.ahead is not None and channel.start_ahead(self.ahead):
+                self.awaiting_store += 1
                 return
         self.dispatch(channel)
 
@@ -699,6 +702,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
             return
         with self._settled_lock:
             settled, self._settled = self._settled, []
+        self.awaiting_store -= len(settled)
         for channel in settled:
             channel.inline_pending = True
             channel.serve_inline()

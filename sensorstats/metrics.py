@@ -247,6 +247,12 @@ class Metrics:
             "at once on the event loop, are not counted).",
             registry=registry,
         )
+        self._awaiting_store = Gauge(
+            "sensorstats_http_requests_awaiting_store",
+            "Requests whose store call was started on the event loop (a GET's read or "
+            "a POST's write ahead) and that are not answered yet; no worker holds them.",
+            registry=registry,
+        )
         self._threads = Gauge(
             "sensorstats_worker_threads",
             "Worker threads configured (SENSORSTATS_THREADS).",
@@ -361,10 +367,12 @@ class Metrics:
         in_flight: Callable[[], int],
         threads: Callable[[], int],
         connections: Callable[[], int],
+        awaiting_store: Callable[[], int] = lambda: 0,
     ) -> None:
-        """Read the worker pool and the connections at each scrape."""
+        """Read the worker pool, the connections and the calls ahead at each scrape."""
         self._waiting.set_function(lambda: float(waiting()))
         self._in_flight.set_function(lambda: float(in_flight()))
+        self._awaiting_store.set_function(lambda: float(awaiting_store()))
         self._threads.set_function(lambda: float(threads()))
         self._connections.set_function(lambda: float(connections()))
 

@@ -151,6 +151,7 @@ class Server:
             in_flight=lambda: dispatcher.active_count,
             threads=lambda: len(dispatcher.threads),
             connections=lambda: sum(len(s.active_channels) for s in self._listeners),
+            awaiting_store=lambda: sum(s.awaiting_store for s in self._listeners),
         )
 
     @property

@@ -137,6 +137,10 @@ def test_gets_waiting_on_a_paused_etcd_hold_no_worker_thread(
     assert statuses == {503}
 
 
+def awaiting(exposition: bytes) -> float:
+    return gauge(exposition, "sensorstats_http_requests_awaiting_store")
+
+
 def test_posts_waiting_on_a_paused_etcd_hold_no_worker_thread(
     service: Service, paused: EtcdProcess
 ) -> None:
@@ -151,10 +155,12 @@ def test_posts_waiting_on_a_paused_etcd_hold_no_worker_thread(
             )
             for n in range(32)
         ]
-        time.sleep(0.5)  # they are all in, waiting on etcd
+        # They are all in, waiting on etcd as connections.
+        wait_until(lambda: awaiting(service.get("/metrics").body) == 32, within=WRITE_TIMEOUT - 1)
         scraped = service.get("/metrics").body
         refused, took = timed(lambda: service.post("/data", "not json"))  # a worker's
         statuses = {post.result(timeout=30).status for post in posts}
+    assert awaiting(service.get("/metrics").body) == 0  # all answered
     # The first one's duration runs from its arrival, the wait for its write included.
     wait_until(lambda: '"outage-post-1"' in service.log(), within=10)  # lines are batched
     lines = [json.loads(line) for line in service.log().splitlines() if "outage-post-1" in line]

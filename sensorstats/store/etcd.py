@@ -142,7 +142,7 @@ class EtcdStore:
         """
         ahead = AHEAD.get()
         if isinstance(ahead, WriteAhead):
-            if ahead.batch is not deltas:  # never write a request's batch twice
+            if ahead.batch is not deltas or key is not None:  # never write twice
                 raise RuntimeError("a request written ahead applied another batch")
             ahead.result()
             return
