@@ -11,7 +11,7 @@ import pytest
 
 from sensorstats.errors import StoreUnavailable
 from sensorstats.stats import Stats, Timestamp
-from sensorstats.store.combining import PendingWrite, WakeUp, WriteCombiner
+from sensorstats.store.combining import PendingWrite, RunBatch, WakeUp, WriteCombiner
 from sensorstats.store.etcd_txn import Update
 
 ONE = Stats.of([1], Timestamp.parse("2021-11-09T21:38:09Z"))
@@ -73,10 +73,20 @@ def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def combiner_for(batches: ScriptedBatches, **options: object) -> WriteCombiner:
+def combiner_for(batches: RunBatch, **options: object) -> WriteCombiner:
     settings: dict[str, object] = {"max_ops": 128, "max_bytes": 1 << 20, "max_in_flight": 1}
     settings.update(options)
     return WriteCombiner(batches, **settings)  # type: ignore[arg-type]
+
+
+@contextmanager
+def committing(batches: RunBatch, **options: object) -> Iterator[WriteCombiner]:
+    """`combiner_for`, closed afterwards, so that its committer thread (if any) stops."""
+    combiner = combiner_for(batches, **options)
+    try:
+        yield combiner
+    finally:
+        combiner.close(5)
 
 
 def refuse_bad(pending: PendingWrite) -> None:
@@ -327,8 +337,7 @@ def ahead(combiner: WriteCombiner, pending: PendingWrite) -> Told:
 
 def test_a_write_ahead_returns_at_once_and_the_committer_sends_it() -> None:
     batches = ScriptedBatches(hold=1)
-    combiner = combiner_for(batches)
-    try:
+    with committing(batches) as combiner:
         told = ahead(combiner, write("k", marker="m1"))  # the batch is held: no wait here
         assert batches.started.acquire(timeout=5)
         assert not told.event.is_set()
@@ -336,14 +345,11 @@ def test_a_write_ahead_returns_at_once_and_the_committer_sends_it() -> None:
         assert told.outcome() is None
         assert told.thread == "etcd-writes"
         assert batches.batches == [["m1"]]
-    finally:
-        combiner.close(5)
 
 
 def test_writes_ahead_and_waiting_writes_share_the_next_transaction() -> None:
     batches = ScriptedBatches(hold=1)
-    combiner = combiner_for(batches)
-    try:
+    with committing(batches) as combiner:
         first = ahead(combiner, write("hot", marker="first"))
         assert batches.started.acquire(timeout=5)
         told = [ahead(combiner, write("hot", marker=f"a{i}")) for i in range(5)]
@@ -354,14 +360,11 @@ def test_writes_ahead_and_waiting_writes_share_the_next_transaction() -> None:
         assert all(t.outcome() is None for t in [first, *told])
         assert len(batches.batches) == 2
         assert sorted(batches.batches[1]) == sorted([*(f"a{i}" for i in range(5)), *outcomes])
-    finally:
-        combiner.close(5)
 
 
 def test_each_write_ahead_is_told_its_own_outcome() -> None:
     batches = ScriptedBatches(hold=1, decide=refuse_bad)
-    combiner = combiner_for(batches)
-    try:
+    with committing(batches) as combiner:
         ahead(combiner, write("k", marker="first"))
         assert batches.started.acquire(timeout=5)
         told = {m: ahead(combiner, write("k", marker=m)) for m in ("good1", "bad1", "good2")}
@@ -372,14 +375,11 @@ def test_each_write_ahead_is_told_its_own_outcome() -> None:
         assert isinstance(error, StoreUnavailable)
         assert error.detail == "bad1 refused"
         assert len(batches.batches) == 2
-    finally:
-        combiner.close(5)
 
 
 def test_a_write_ahead_whose_deadline_passes_in_the_queue_is_never_sent() -> None:
     batches = ScriptedBatches(hold=1)
-    combiner = combiner_for(batches)
-    try:
+    with committing(batches) as combiner:
         # A writer's thread leads the batch held; the committer is free to
         # notice the deadline. (A batch it leads itself ends by its own
         # deadline, the earliest of its writes', before that of any write
@@ -395,8 +395,6 @@ def test_a_write_ahead_whose_deadline_passes_in_the_queue_is_never_sent() -> Non
         assert ahead(combiner, write("k", marker="next")).outcome() is None
         assert all("late" not in batch for batch in batches.batches)
         assert queued(combiner) == 0
-    finally:
-        combiner.close(5)
 
 
 def test_a_crashing_batch_tells_its_writes_ahead_the_outcome_is_unknown_and_the_committer_goes_on(
@@ -411,8 +409,7 @@ def test_a_crashing_batch_tells_its_writes_ahead_the_outcome_is_unknown_and_the_
         pending.succeed()
 
     batches = ScriptedBatches(decide=crash_once)
-    combiner = combiner_for(batches)
-    try:
+    with committing(batches) as combiner:
         error = ahead(combiner, write("k", marker="doomed")).outcome()
         assert isinstance(error, StoreUnavailable)
         assert "outcome is unknown" in error.detail
@@ -420,8 +417,6 @@ def test_a_crashing_batch_tells_its_writes_ahead_the_outcome_is_unknown_and_the_
         assert "failed unexpectedly" in caplog.text
         assert combiner._in_flight == 0
         assert not combiner._busy
-    finally:
-        combiner.close(5)
 
 
 def test_closing_fails_the_writes_ahead_not_sent_and_refuses_new_ones() -> None:
@@ -462,17 +457,16 @@ def test_many_writers_of_both_kinds_are_each_told_once_and_keys_never_overlap() 
         for pending in batch:
             pending.succeed()
 
-    combiner = WriteCombiner(run, max_ops=16, max_bytes=1 << 20, max_in_flight=2)
-    told: list[Told] = []
-    told_lock = threading.Lock()
+    with committing(run, max_ops=16, max_in_flight=2) as combiner:
+        told: list[Told] = []
+        told_lock = threading.Lock()
 
-    def post_ahead(thread: int) -> None:
-        for i in range(50):
-            one = ahead(combiner, write(f"s{i % 3}", marker=f"a{thread}-{i}"))
-            with told_lock:
-                told.append(one)
+        def post_ahead(thread: int) -> None:
+            for i in range(50):
+                one = ahead(combiner, write(f"s{i % 3}", marker=f"a{thread}-{i}"))
+                with told_lock:
+                    told.append(one)
 
-    try:
         sync = [write(f"s{i % 3}", marker=f"w{i}") for i in range(40)]
         threads = [threading.Thread(target=post_ahead, args=(t,)) for t in range(4)]
         with writers(combiner, *sync) as outcomes:
@@ -484,5 +478,3 @@ def test_many_writers_of_both_kinds_are_each_told_once_and_keys_never_overlap() 
         assert len(told) == 200
         assert all(t.outcome(within=15) is None for t in told)
         assert overlaps == []
-    finally:
-        combiner.close(5)
