@@ -137,6 +137,12 @@ def test_gets_waiting_on_a_paused_etcd_hold_no_worker_thread(
     assert statuses == {503}
 
 
+def access_lines(service: Service, request_id: str) -> list[dict[str, object]]:
+    """The access lines logged so far for `request_id`."""
+    lines = [json.loads(line) for line in service.log().splitlines() if request_id in line]
+    return [line for line in lines if line["logger"] == "sensorstats.access"]
+
+
 def awaiting(exposition: bytes) -> float:
     return gauge(exposition, "sensorstats_http_requests_awaiting_store")
 
@@ -162,9 +168,9 @@ def test_posts_waiting_on_a_paused_etcd_hold_no_worker_thread(
         statuses = {post.result(timeout=30).status for post in posts}
     assert awaiting(service.get("/metrics").body) == 0  # all answered
     # The first one's duration runs from its arrival, the wait for its write included.
-    wait_until(lambda: '"outage-post-1"' in service.log(), within=10)  # lines are batched
-    lines = [json.loads(line) for line in service.log().splitlines() if "outage-post-1" in line]
-    (access,) = [line for line in lines if line["logger"] == "sensorstats.access"]
+    # Access lines are written in batches; other lines may carry its id first.
+    wait_until(lambda: access_lines(service, "outage-post-1"), within=10)
+    (access,) = access_lines(service, "outage-post-1")
     assert access["duration_ms"] >= 500  # it waited out at least one etcd call
     assert gauge(scraped, "sensorstats_http_requests_in_flight") == 0
     assert gauge(scraped, "sensorstats_http_requests_waiting") == 0
