@@ -22,6 +22,12 @@ where this module does it (each time the narrowest hook waitress offers):
   of `PROBE_PATHS` are answered on the event loop itself, never queued
   behind worker threads held by slow requests; their handlers must not block
   (`/healthz` reads a cached readiness). So are waitress's own error answers.
+  What one connection gets served on the loop is bounded per turn
+  (`INLINE_REQUESTS_PER_TURN`, `INLINE_OUTPUT_LIMIT`): pipelined requests
+  beyond it wait for a later turn, and for the client to read what it was
+  sent, so one client can neither stall the loop nor grow its output without
+  bound. Waitress's wait for a channel's output to drain below its high-water
+  mark never runs on the loop, which is the thread that would drain it.
 - **Store calls ahead** (`ConnectionServer.add_task`, `KeepAliveTask`). A
   request its `AheadRoute` recognises (``GET /statistics/{id}``, a small
   ``POST /data``) has its store call started on the loop, and once the
@@ -94,6 +100,12 @@ LINGER_SECONDS = 5.0
 LINGER_BYTES = 16 << 20
 # Connections accepted in one turn of the event loop, at most.
 ACCEPT_BATCH = 64
+# What the loop serves of one connection's pipelined inline requests in one
+# turn: at most this many, and none while this much of its output is unsent
+# (far below waitress's 16 MiB high-water mark, which the loop must never
+# wait on). The rest wait for a later turn.
+INLINE_REQUESTS_PER_TURN = 4
+INLINE_OUTPUT_LIMIT = 1 << 20
 # How often deadlines (idle, receive, linger) are enforced.
 MAINTENANCE_INTERVAL_SECONDS = 0.25
 
@@ -428,10 +440,25 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         return result
 
     def serve_inline(self) -> None:
-        """Serve, here on the event loop, what `ConnectionServer.add_task` kept back."""
-        while self.inline_pending:
+        """Serve, here on the event loop, what `ConnectionServer.add_task` kept back.
+
+        A turn's share at most: the rest waits in the server's backlog.
+        """
+        served = 0
+        while self.inline_pending and self.connected:
+            if served == INLINE_REQUESTS_PER_TURN or self.total_outbufs_len >= INLINE_OUTPUT_LIMIT:
+                self.server.serve_later(self)
+                return
             self.inline_pending = False
             self.service()
+            served += 1
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        # Waitress waits here for the event loop to send the output; on the
+        # loop itself that wait would never end. Inline work is bounded by
+        # `INLINE_OUTPUT_LIMIT` instead.
+        if threading.get_ident() != self.server.loop_thread:
+            super()._flush_outbufs_below_high_watermark()
 
     def answers_inline(self) -> bool:
         """Whether the next request is a probe or an error: quick, and never blocking."""
@@ -476,10 +503,17 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         return not self.requests and not self.total_outbufs_len
 
     def enforce_deadlines(self, now: float, wall_now: float) -> None:
-        """Close what idled too long, answer 408 to what is received too slowly."""
+        """Close what idled too long, answer 408 to what is received too slowly.
+
+        Output the client has not taken for the idle timeout counts as idle
+        too: a client that sends requests but never reads their answers.
+        """
         if self.linger_until is not None:
             if now >= self.linger_until:
                 self.close_now()
+            return
+        if self.total_outbufs_len and wall_now - self.last_activity >= self.policy.idle_timeout:
+            self.close_now()
             return
         if self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed:
             return
@@ -613,6 +647,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         # Channels whose request's call ahead has settled, to serve on the loop.
         self._settled: list[Channel] = []
         self._settled_lock = threading.Lock()
+        # Channels with inline requests left over from an earlier turn; loop thread only.
+        self._backlog: dict[Channel, None] = {}
         super().__init__(application, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
 
     def readable(self) -> bool:
@@ -706,6 +742,26 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         for channel in settled:
             channel.inline_pending = True
             channel.serve_inline()
+
+    def serve_later(self, channel: Channel) -> None:
+        """Keep `channel`'s remaining inline requests for a later turn (loop thread)."""
+        self._backlog[channel] = None
+
+    def serve_backlog(self) -> bool:
+        """Serve a turn's share of the inline requests kept back; `server.Server` calls it.
+
+        True if some of what is left can be served at once (the loop should
+        not sleep); the rest waits for its clients to read their answers.
+        """
+        if not self._backlog:
+            return False
+        waiting, self._backlog = list(self._backlog), {}
+        for channel in waiting:
+            if channel.total_outbufs_len >= INLINE_OUTPUT_LIMIT:
+                self._backlog[channel] = None
+            else:
+                channel.serve_inline()
+        return any(c.total_outbufs_len < INLINE_OUTPUT_LIMIT for c in self._backlog)
 
     def _displace(self) -> bool:
         candidates = [c for c in self.active_channels.values() if c.displaceable()]

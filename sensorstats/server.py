@@ -221,10 +221,15 @@ class Server:
         wasyncore.close_all(self._map)
 
     def _loop_until(self, done: Callable[[], bool]) -> None:
+        timeout = _LOOP_TICK_SECONDS
         while not done():
-            wasyncore.loop(timeout=_LOOP_TICK_SECONDS, map=self._map, use_poll=True, count=1)
+            wasyncore.loop(timeout=timeout, map=self._map, use_poll=True, count=1)
+            more = False
             for listener in self._listeners:
                 listener.serve_settled()
+                more = listener.serve_backlog() or more
+            # Inline requests left that can be served now: poll without sleeping.
+            timeout = 0 if more else _LOOP_TICK_SECONDS
 
     @staticmethod
     def _accept_backlog(listener: ConnectionServer) -> None:
