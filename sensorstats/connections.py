@@ -640,7 +640,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         self.policy = policy
         self.budget = budget
         self.draining = False  # set when the instance drains: every answer closes
-        self.loop_thread = threading.get_ident()
+        self.loop_thread = threading.get_ident()  # the thread that runs the loop: `server.Server`'s
         self._next_maintenance = 0.0
         # Requests with a call ahead not served yet; counted on the loop thread only.
         self.awaiting_store = 0
@@ -652,15 +652,19 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         super().__init__(application, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
 
     def readable(self) -> bool:
-        # Called by the event loop on every turn: remember which thread that
-        # is, and enforce deadlines now and then. Unlike waitress, keep
-        # accepting at the connection limit (see `handle_accept`).
-        self.loop_thread = threading.get_ident()
+        # Unlike waitress, keep accepting at the connection limit (see `handle_accept`).
+        return bool(self.accepting)
+
+    def maintain_if_due(self) -> None:
+        """Enforce deadlines now and then; `server.Server` calls it between turns of the loop.
+
+        Never while the loop polls: a connection closed then would leave its
+        descriptor among those being polled, for a new connection to reuse.
+        """
         now = time.monotonic()
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL_SECONDS
             self.maintenance(time.time())
-        return bool(self.accepting)
 
     def maintenance(self, now: float) -> None:
         monotonic_now = time.monotonic()

@@ -60,6 +60,34 @@ _WAITRESS_BODY_LIMIT_FACTOR = 16
 DESCRIPTOR_RESERVE = 256
 
 
+def poll_once(socket_map: dict[int, Any], timeout: float) -> None:
+    """One turn of the event loop: poll the sockets of `socket_map`, then serve their events.
+
+    As waitress's ``wasyncore.poll2``, except that an event goes only to the
+    object its descriptor was polled for. A connection closed while the
+    events are served (displaced at the connection limit, say) frees its
+    descriptor, and the listener may accept a new connection onto it in the
+    same turn: the closed one's stale event (a hang-up, ``POLLNVAL``) must
+    not reach the newcomer, which would close unanswered.
+    """
+    pollster = select.poll()
+    polled: dict[int, Any] = {}
+    for fd, obj in list(socket_map.items()):
+        flags = 0
+        if obj.readable():
+            flags |= select.POLLIN | select.POLLPRI
+        # Listening sockets are never writable.
+        if obj.writable() and not obj.accepting:
+            flags |= select.POLLOUT
+        if flags:
+            pollster.register(fd, flags)
+            polled[fd] = obj
+    for fd, flags in pollster.poll(int(timeout * 1000)):
+        obj = polled[fd]
+        if socket_map.get(fd) is obj:
+            wasyncore.readwrite(obj, flags)
+
+
 def ensure_descriptors(connection_limit: int) -> None:
     """Make sure the process may open enough files for `connection_limit` connections.
 
@@ -183,6 +211,8 @@ class Server:
             self._readiness.stop()
 
     def _serve(self) -> None:
+        for listener in self._listeners:
+            listener.loop_thread = threading.get_ident()
         for host, port in self.addresses:
             _log.info("serving on http://%s:%s", host, port, extra={FIELDS: {"event": "listening"}})
         self._loop_until(self._stop_requested.is_set)
@@ -204,7 +234,7 @@ class Server:
             wasyncore.dispatcher.close(listener)
         # Read what the connections just accepted have sent, so their
         # requests count as in flight.
-        wasyncore.loop(timeout=0, map=self._map, use_poll=True, count=1)
+        poll_once(self._map, timeout=0)
         deadline = time.monotonic() + self._settings.shutdown_timeout
         self._loop_until(lambda: not self._busy_channels() or time.monotonic() >= deadline)
 
@@ -223,11 +253,12 @@ class Server:
     def _loop_until(self, done: Callable[[], bool]) -> None:
         timeout = _LOOP_TICK_SECONDS
         while not done():
-            wasyncore.loop(timeout=timeout, map=self._map, use_poll=True, count=1)
+            poll_once(self._map, timeout)
             more = False
             for listener in self._listeners:
                 listener.serve_settled()
                 more = listener.serve_backlog() or more
+                listener.maintain_if_due()
             # Inline requests left that can be served now: poll without sleeping.
             timeout = 0 if more else _LOOP_TICK_SECONDS
 
