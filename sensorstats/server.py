@@ -6,8 +6,9 @@ container runtime, also as PID 1, or SIGINT) drains the instance:
 
 1. /healthz turns 503 at once, so load balancers stop sending new requests;
 2. after ``drain_delay`` the listening sockets close;
-3. requests already received are answered and their responses flushed,
-   for at most ``shutdown_timeout``;
+3. requests whose head was received are answered and their responses
+   flushed, for at most ``shutdown_timeout`` (a head still being received
+   is not waited for: it closes with its connection);
 4. `serve` returns and the process exits 0.
 
 From SIGTERM on, every response closes its connection, so keep-alive
@@ -274,10 +275,21 @@ class Server:
             listener.handle_accept()
 
     def _busy_channels(self) -> int:
-        """Connections with a request in progress or a response not yet sent."""
+        """Connections with a request to answer, or a response not yet sent.
+
+        A request counts once its head is in: its body is on the way, and
+        its client has committed to it. A head still being received does
+        not: its client may take longer than the whole shutdown timeout to
+        finish it (the receive timeout outlasts it), and it closes with its
+        connection.
+        """
         return sum(
             1
             for channel in list(self._map.values())
             if isinstance(channel, HTTPChannel)
-            and (channel.requests or channel.request is not None or channel.total_outbufs_len)
+            and (
+                channel.requests
+                or channel.total_outbufs_len
+                or (channel.request is not None and channel.request.headers_finished)
+            )
         )

@@ -9,6 +9,7 @@ waiting are generous and only tell an answer from a hang.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -184,3 +185,15 @@ def test_an_event_is_delivered_only_to_the_connection_it_was_polled_for() -> Non
                 sock.close()
         wasyncore.close_all(socket_map)
         victim_ours.close()
+
+
+def test_a_half_sent_request_does_not_hold_the_drain(tmp_path: Path) -> None:
+    args = ["--receive-timeout", "30", "--shutdown-timeout", "20", "--drain-delay", "0"]
+    with start_service(args=args, log_dir=tmp_path) as service:
+        with connect(service) as half_sent:
+            half_sent.sendall(b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Len")
+            assert answers_livez(service)  # the head fragment has been read by now
+            service.process.send_signal(signal.SIGTERM)
+            # Exits well before its 20 s shutdown timeout: nothing was received to answer.
+            assert service.wait(timeout=HANG_BOUND_SECONDS) == 0
+        assert "all requests answered" in service.log()
