@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from types import FrameType
 
 from sensorstats import __version__
-from sensorstats.app import ahead_route, create_app
-from sensorstats.logs import FIELDS, configure_logging
-from sensorstats.metrics import Metrics
-from sensorstats.readiness import Readiness
-from sensorstats.server import Server, ensure_descriptors
+from sensorstats.ops.logs import FIELDS, configure_logging
+from sensorstats.ops.metrics import Metrics
+from sensorstats.ops.readiness import Readiness
+from sensorstats.server.serving import Server, ensure_descriptors
 from sensorstats.settings import SettingsError, load_settings, loggable
 from sensorstats.store.factory import open_store
+from sensorstats.web.app import ahead_route, create_app
 
 _log = logging.getLogger("sensorstats")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from sensorstats.auth import TokenError, Tokens, read_tokens_file, tokens_from_list
-from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS
+from sensorstats.core.idempotency import DEFAULT_WINDOW_SECONDS
+from sensorstats.core.tokens import TokenError, Tokens, read_tokens_file, tokens_from_list
 
 ENV_PREFIX = "SENSORSTATS_"
 

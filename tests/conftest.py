@@ -89,7 +89,7 @@ def store(request: pytest.FixtureRequest, etcd_prefix: str) -> Iterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
         return
-    from sensorstats.store.etcd import EtcdStore
+    from sensorstats.store.etcd.store import EtcdStore
 
     member = request.getfixturevalue("etcd")
     etcd_store = EtcdStore.from_settings(etcd_settings(member, prefix=etcd_prefix))

@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
-from sensorstats.ahead import Ahead, ReadAhead, Ready, WriteAhead
-from sensorstats.app import ahead_route
-from sensorstats.batch import Limits, parse_batch
-from sensorstats.resources import (
+from sensorstats.core.batch import Limits, parse_batch
+from sensorstats.core.stats import Stats
+from sensorstats.settings import load_settings
+from sensorstats.store.ahead import Ahead, ReadAhead, Ready, WriteAhead
+from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import ahead_route
+from sensorstats.web.resources import (
     WRITE_AHEAD_MAX_BYTES,
     AheadRoutes,
     DataWriteAhead,
     StatisticsReadAhead,
 )
-from sensorstats.settings import load_settings
-from sensorstats.stats import Stats
-from sensorstats.store.memory import MemoryStore
 
 LIMITS = Limits(max_batch=100, max_sensor_id=16)
 MAX_BODY = 1 << 20

@@ -14,13 +14,13 @@ from urllib.parse import quote
 import pytest
 from falcon import testing
 
-from sensorstats.app import create_app
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey
-from sensorstats.readiness import Readiness
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey
+from sensorstats.core.stats import Stats
+from sensorstats.ops.readiness import Readiness
 from sensorstats.settings import Settings
-from sensorstats.stats import Stats
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import create_app
 from tests.test_batch import AWKWARD_SENSOR_IDS, BAD_DOCUMENTS, BAD_FIELDS, GOOD, body
 
 SAMPLE = [{"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}]

@@ -7,9 +7,9 @@ import json
 import pytest
 from falcon import testing
 
-from sensorstats.app import create_app
 from sensorstats.settings import Settings
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import create_app
 from tests.test_app import SAMPLE, assert_problem, measurement
 
 

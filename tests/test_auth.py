@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from falcon import testing
 
-from sensorstats import auth
-from sensorstats.app import create_app
-from sensorstats.auth import (
+from sensorstats.core import tokens as token_module
+from sensorstats.core.tokens import (
     TokenError,
     TokenFile,
     Tokens,
@@ -23,6 +22,7 @@ from sensorstats.auth import (
 )
 from sensorstats.settings import Settings, load_settings
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import create_app
 from tests.service import run_module, start_service, statistics_path
 
 WRITER = "w7Kq2v9RfX3mZp8LtY4bNc6H"  # what a client of the service would hold
@@ -124,7 +124,7 @@ def test_every_token_is_compared_at_the_same_length_without_early_exit(
         compared.append((len(a), len(b)))
         return compare(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(token_module.hmac, "compare_digest", spy)
     for presented in (WRITER, "x", "y" * 1000):
         compared.clear()
         tokens.identify(presented)
@@ -248,7 +248,7 @@ def test_a_broken_token_file_keeps_the_tokens_in_force_and_says_so_once(
     else:  # unreadable, even for root
         path.unlink()
         path.mkdir()
-    with caplog.at_level(logging.ERROR, logger="sensorstats.auth"):
+    with caplog.at_level(logging.ERROR, logger="sensorstats.core.tokens"):
         for _ in range(3):
             clock.now += 1.1
             assert source.current().identify(WRITER) is not None

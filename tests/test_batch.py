@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensorstats.batch import (
+from sensorstats.core.batch import (
     MAX_REPORTED_ERRORS,
     Limits,
     _parse_plain_batch,
     parse_batch,
     sensor_id_problem,
 )
-from sensorstats.errors import FieldError, InvalidBatch, PayloadTooLarge
-from sensorstats.stats import EMPTY, Stats, Timestamp
+from sensorstats.core.errors import FieldError, InvalidBatch, PayloadTooLarge
+from sensorstats.core.stats import EMPTY, Stats, Timestamp
 
 GOOD = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}
 DEFAULT_LIMITS = Limits()

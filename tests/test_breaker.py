@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from sensorstats.ahead import AHEAD, ReadAhead, Ready, WriteAhead
-from sensorstats.errors import StoreFull, StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey
-from sensorstats.stats import EMPTY, Stats
+from sensorstats.core.errors import StoreFull, StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey
+from sensorstats.core.stats import EMPTY, Stats
+from sensorstats.store.ahead import AHEAD, ReadAhead, Ready, WriteAhead
 from sensorstats.store.breaker import (
     CLOSED,
     HALF_OPEN,

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.stats import Stats, Timestamp
-from sensorstats.store.combining import PendingWrite, RunBatch, WakeUp, WriteCombiner
-from sensorstats.store.etcd_txn import Update
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.stats import Stats, Timestamp
+from sensorstats.store.etcd.combining import PendingWrite, RunBatch, WakeUp, WriteCombiner
+from sensorstats.store.etcd.txn import Update
 
 ONE = Stats.of([1], Timestamp.parse("2021-11-09T21:38:09Z"))
 

@@ -373,9 +373,9 @@ def test_probe_paths_are_served_by_the_app(app: Manifest) -> None:
     try:
         from falcon import testing
 
-        from sensorstats.app import create_app
         from sensorstats.settings import Settings
         from sensorstats.store.memory import MemoryStore
+        from sensorstats.web.app import create_app
     except ImportError:  # the app is not importable here: check the documented routes
         assert paths <= {"/healthz", "/livez"}
         return
@@ -709,7 +709,7 @@ def test_the_secure_app_needs_tokens_and_speaks_tls_to_etcd(
     assert loaded.etcd_cert_file
     assert loaded.etcd_key_file
     assert all(endpoint.secure for endpoint in loaded.etcd_endpoints)
-    from sensorstats.auth import read_tokens_file
+    from sensorstats.core.tokens import read_tokens_file
 
     assert len(read_tokens_file(loaded.api_tokens_file)) >= 1
 

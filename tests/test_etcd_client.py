@@ -9,9 +9,9 @@ import etcd3.etcdrpc as rpc
 import grpc
 import pytest
 
-from sensorstats.errors import StoreUnavailable
+from sensorstats.core.errors import StoreUnavailable
 from sensorstats.settings import EtcdEndpoint
-from sensorstats.store.etcd_client import EtcdClient, EtcdFailure, _status, describe_failure
+from sensorstats.store.etcd.client import EtcdClient, EtcdFailure, _status, describe_failure
 from tests.etcd_process import EtcdProcess
 from tests.ports import free_ports
 

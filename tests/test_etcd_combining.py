@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from sensorstats.ahead import AHEAD
-from sensorstats.errors import StoreUnavailable
-from sensorstats.stats import EMPTY, Stats
-from sensorstats.store.etcd import EtcdStore
-from sensorstats.store.etcd_client import EtcdClient
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.stats import EMPTY, Stats
+from sensorstats.store.ahead import AHEAD
+from sensorstats.store.etcd.client import EtcdClient
+from sensorstats.store.etcd.store import EtcdStore
 from tests.etcd_process import EtcdProcess
 from tests.test_etcd_store import (
     ScriptedClient,

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey, IdempotencyKeyReused, fingerprint
-from sensorstats.stats import Stats
-from sensorstats.store.etcd import EtcdStore
-from sensorstats.store.etcd_client import EtcdClient
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey, IdempotencyKeyReused, fingerprint
+from sensorstats.core.stats import Stats
+from sensorstats.store.etcd.client import EtcdClient
+from sensorstats.store.etcd.store import EtcdStore
 from tests.etcd_process import EtcdProcess
 from tests.test_etcd_combining import merged, run_threads
 from tests.test_etcd_store import (

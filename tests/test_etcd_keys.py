@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensorstats.store.etcd_keys import health_key, marker_key, sensor_key, sensor_of
+from sensorstats.store.etcd.keys import health_key, marker_key, sensor_key, sensor_of
 
 PREFIX = "/sensorstats/"
 

@@ -13,13 +13,13 @@ from typing import Any
 import etcd3
 import pytest
 
-from sensorstats.ahead import AHEAD, ReadAhead
-from sensorstats.errors import StoreUnavailable
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.stats import EMPTY, Stats, Timestamp
 from sensorstats.settings import EtcdEndpoint
-from sensorstats.stats import EMPTY, Stats, Timestamp
-from sensorstats.store.etcd import EtcdStore
-from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
-from sensorstats.store.etcd_txn import Update, split_batch
+from sensorstats.store.ahead import AHEAD, ReadAhead
+from sensorstats.store.etcd.client import EtcdClient, EtcdFailure
+from sensorstats.store.etcd.store import EtcdStore
+from sensorstats.store.etcd.txn import Update, split_batch
 from tests.etcd_process import EtcdProcess, etcd_settings, start_cluster, start_etcd
 
 # Fails in CI, skips locally, when the etcd binary is missing.

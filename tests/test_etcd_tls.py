@@ -22,12 +22,10 @@ import grpc
 import pytest
 from falcon import testing
 
-from sensorstats.app import create_app
-from sensorstats.errors import StoreUnavailable
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.stats import Stats, Timestamp
 from sensorstats.settings import EtcdEndpoint, Settings
-from sensorstats.stats import Stats, Timestamp
-from sensorstats.store.etcd import EtcdStore
-from sensorstats.store.etcd_client import (
+from sensorstats.store.etcd.client import (
     AUTH_REFUSAL_MEMORY,
     EtcdAccess,
     EtcdClient,
@@ -35,7 +33,9 @@ from sensorstats.store.etcd_client import (
     _AuthToken,
     describe_failure,
 )
+from sensorstats.store.etcd.store import EtcdStore
 from sensorstats.store.events import STORE_EVENTS
+from sensorstats.web.app import create_app
 from tests.etcd_tls import Pki, TlsEtcdProcess, enable_auth, make_pki, start_tls_etcd
 from tests.ports import free_ports
 from tests.service import run_module, start_service, statistics_path
@@ -410,7 +410,7 @@ def test_a_user_on_an_etcd_without_rbac_goes_without_a_token(
 ) -> None:
     store = store_for(tls_etcd, access(pki, user=USER, password=PASSWORD), prefix=etcd_prefix)
     try:
-        with caplog.at_level(logging.WARNING, logger="sensorstats.store.etcd_client"):
+        with caplog.at_level(logging.WARNING, logger="sensorstats.store.etcd.client"):
             store.apply(sample_stats())
             assert store.get("abc").count == 1
         assert counter.calls["Authenticate"] == 1  # asked once, then remembered

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from waitress import wasyncore
 
-from sensorstats.server import poll_once
+from sensorstats.server.serving import poll_once
 from tests.service import Service, read_response, start_service
 
 HANG_BOUND_SECONDS = 10.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sensorstats.batch import Limits, parse_batch
-from sensorstats.idempotency import (
+from sensorstats.core.batch import Limits, parse_batch
+from sensorstats.core.idempotency import (
     MAX_KEY_LENGTH,
     IdempotencyKey,
     InvalidIdempotencyKey,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sensorstats.logs import (
+from sensorstats.ops.logs import (
     ACCESS_LOGGER,
     CONNECTIONS_LOGGER,
     FIELDS,
@@ -370,7 +370,7 @@ def test_access_lines_wait_for_a_batch_and_other_lines_keep_their_order():
         for n in range(3):
             handler.handle(record(ACCESS_LOGGER, f"GET /x {n}"))
         assert stream.getvalue() == ""  # waiting for the batch
-        handler.handle(record("sensorstats.server", "stop requested", logging.WARNING))
+        handler.handle(record("sensorstats.server.serving", "stop requested", logging.WARNING))
         assert stream.getvalue().splitlines() == [
             "GET /x 0",
             "GET /x 1",

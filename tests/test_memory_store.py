@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from sensorstats.errors import StoreFull
-from sensorstats.stats import Stats, Timestamp
+from sensorstats.core.errors import StoreFull
+from sensorstats.core.stats import Stats, Timestamp
 from sensorstats.store.memory import MemoryStore
 
 WHEN = Timestamp.parse("2021-11-09T21:38:09+01:00")

@@ -22,16 +22,16 @@ from falcon import testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from sensorstats import __version__
-from sensorstats.app import METRICS_ROUTE, create_app
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey
-from sensorstats.metrics import LATENCY_BUCKETS, Metrics
-from sensorstats.readiness import Readiness
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey
+from sensorstats.core.stats import Stats, Timestamp, instant_of
+from sensorstats.ops.metrics import LATENCY_BUCKETS, Metrics
+from sensorstats.ops.readiness import Readiness
 from sensorstats.settings import EtcdEndpoint, Settings
-from sensorstats.stats import Stats, Timestamp, instant_of
 from sensorstats.store.breaker import BreakerStore
-from sensorstats.store.etcd import EtcdStore
+from sensorstats.store.etcd.store import EtcdStore
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import METRICS_ROUTE, create_app
 from tests.etcd_process import EtcdProcess, etcd_settings
 from tests.ports import free_ports
 from tests.service import Service, request, start_service

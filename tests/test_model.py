@@ -43,11 +43,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sensorstats.app import create_app
 from sensorstats.settings import Settings
 from sensorstats.store import Store
-from sensorstats.store.etcd import EtcdStore
+from sensorstats.store.etcd.store import EtcdStore
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import create_app
 from tests.etcd_process import EtcdProcess, etcd_settings
 
 # Few sensors, so that rules keep meeting the same ones. Ids that are

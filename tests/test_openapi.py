@@ -29,14 +29,14 @@ import pytest
 import schemathesis
 from falcon import inspect, testing
 
-from sensorstats.app import create_app
-from sensorstats.auth import tokens_from_list
-from sensorstats.errors import StoreUnavailable
-from sensorstats.openapi import SERVER_STATUSES, openapi_document
-from sensorstats.readiness import Readiness
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.tokens import tokens_from_list
+from sensorstats.ops.readiness import Readiness
 from sensorstats.settings import Settings
 from sensorstats.store import Store
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import create_app
+from sensorstats.web.openapi import SERVER_STATUSES, openapi_document
 from tests.etcd_process import EtcdProcess
 from tests.service import Service, read_response, start_service
 from tests.test_app import SAMPLE, FailingStore, measurement

@@ -12,8 +12,7 @@ import falcon
 import pytest
 from falcon import testing
 
-from sensorstats import problems
-from sensorstats.errors import (
+from sensorstats.core.errors import (
     FieldError,
     InvalidBatch,
     InvalidSensorId,
@@ -21,7 +20,8 @@ from sensorstats.errors import (
     StoreFull,
     StoreUnavailable,
 )
-from sensorstats.problems import PROBLEM_JSON, Problem
+from sensorstats.web import problems
+from sensorstats.web.problems import PROBLEM_JSON, Problem
 
 
 class Raising:
@@ -110,7 +110,7 @@ def test_an_unexpected_error_is_a_bare_500_and_logged(caplog):
     assert result.json["status"] == 500
     assert "hunter2" not in result.text
     assert "KeyError" not in result.text
-    (record,) = [r for r in caplog.records if r.name == "sensorstats.problems"]
+    (record,) = [r for r in caplog.records if r.name == "sensorstats.web.problems"]
     assert record.exc_info[0] is KeyError
     assert "GET /raise" in record.getMessage()
 

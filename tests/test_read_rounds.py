@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from sensorstats.ahead import ReadAhead
-from sensorstats.errors import StoreUnavailable
-from sensorstats.store.read_rounds import ReadRounds
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.store.ahead import ReadAhead
+from sensorstats.store.etcd.read_rounds import ReadRounds
 
 
 class Versioned:

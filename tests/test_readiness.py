@@ -13,10 +13,10 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey
-from sensorstats.readiness import CHECK_TTL_SECONDS, STALE_AFTER_SECONDS, Readiness
-from sensorstats.stats import EMPTY, Stats
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey
+from sensorstats.core.stats import EMPTY, Stats
+from sensorstats.ops.readiness import CHECK_TTL_SECONDS, STALE_AFTER_SECONDS, Readiness
 
 
 class Clock:

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 from falcon import testing
 
-from sensorstats.app import create_app
-from sensorstats.errors import StoreUnavailable
-from sensorstats.logs import SUMMARISED_LOGGERS, configure_logging
-from sensorstats.request_id import MAX_LENGTH, new_request_id, request_id_for
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.ops.logs import SUMMARISED_LOGGERS, configure_logging
 from sensorstats.settings import Settings
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web.app import create_app
+from sensorstats.web.request_id import MAX_LENGTH, new_request_id, request_id_for
 from tests.service import Service, read_response, start_service
 from tests.test_app import SAMPLE, FailingStore
 
@@ -161,7 +161,10 @@ def test_every_line_logged_while_serving_carries_the_id(log_stream):
     client.simulate_get("/livez", headers={"X-Request-ID": "another"})
     logged = lines(log_stream)
     about_it = [line for line in logged if line.get("request_id") == "bug-report-7"]
-    assert {line["logger"] for line in about_it} == {"sensorstats.problems", "sensorstats.access"}
+    assert {line["logger"] for line in about_it} == {
+        "sensorstats.web.problems",
+        "sensorstats.access",
+    }
     (error,) = [line for line in about_it if line["level"] == "ERROR"]
     assert "RuntimeError: a bug" in error["exc"]
     # Nothing logged between requests claims an id.

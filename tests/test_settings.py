@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sensorstats.auth import tokens_from_list
+from sensorstats.core.tokens import tokens_from_list
 from sensorstats.settings import (
     OPTIONS,
     EtcdEndpoint,

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensorstats.stats import (
+from sensorstats.core.stats import (
     EMPTY,
     MAX_TIMESTAMP_LENGTH,
     Stats,

@@ -7,7 +7,7 @@ import threading
 import time
 from fractions import Fraction
 
-from sensorstats.stats import EMPTY, Stats, Timestamp
+from sensorstats.core.stats import EMPTY, Stats, Timestamp
 from sensorstats.store import Store
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from sensorstats.ahead import ReadAhead, Ready, WriteAhead
-from sensorstats.idempotency import IdempotencyKey
-from sensorstats.stats import Stats
+from sensorstats.core.idempotency import IdempotencyKey
+from sensorstats.core.stats import Stats
+from sensorstats.store.ahead import ReadAhead, Ready, WriteAhead
 
 
 class Store(Protocol):
     """A keeper of per-sensor statistics.
 
-    Implementations raise `sensorstats.errors.StoreUnavailable` when they
+    Implementations raise `sensorstats.core.errors.StoreUnavailable` when they
     cannot answer now; every other exception is a bug.
     """
 
@@ -30,7 +30,7 @@ class Store(Protocol):
         fingerprint, within the idempotency window) is not applied again, and
         one applied with another fingerprint raises `IdempotencyKeyReused`.
 
-        While `sensorstats.ahead.AHEAD` holds a settled write of these very
+        While `sensorstats.store.ahead.AHEAD` holds a settled write of these very
         `deltas` (the same object), started by `write_ahead` for the same
         request, its outcome: the batch is never written twice.
         """
@@ -38,7 +38,7 @@ class Store(Protocol):
     def get(self, sensor: str) -> Stats:
         """The sensor's current statistics (`stats.EMPTY` if none), linearizable.
 
-        While `sensorstats.ahead.AHEAD` holds a settled read of this
+        While `sensorstats.store.ahead.AHEAD` holds a settled read of this
         sensor's, started by `read_ahead` for the same request, its answer.
         """
 

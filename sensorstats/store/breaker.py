@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from sensorstats.ahead import AHEAD, ReadAhead, Ready, WriteAhead
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey
-from sensorstats.stats import Stats
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey
+from sensorstats.core.stats import Stats
 from sensorstats.store import Store
+from sensorstats.store.ahead import AHEAD, ReadAhead, Ready, WriteAhead
 from sensorstats.store.events import STORE_EVENTS
 
 THRESHOLD = 5

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sensorstats.errors import StoreUnavailable
+from sensorstats.core.errors import StoreUnavailable
 
 # How one write of a batch ended (`StoreObserver.writes_decided`).
 APPLIED = "applied"

@@ -16,6 +16,6 @@ def open_store(settings: Settings) -> Store:
             max_sensors=settings.max_sensors, idempotency_ttl=settings.idempotency_ttl
         )
     # Imported here so that the in-memory mode never loads gRPC.
-    from sensorstats.store.etcd import EtcdStore
+    from sensorstats.store.etcd.store import EtcdStore
 
     return BreakerStore(EtcdStore.from_settings(settings))

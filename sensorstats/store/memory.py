@@ -7,10 +7,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sensorstats.ahead import ReadAhead, Ready, WriteAhead
-from sensorstats.errors import StoreFull
-from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey, IdempotencyKeyReused
-from sensorstats.stats import EMPTY, Stats
+from sensorstats.core.errors import StoreFull
+from sensorstats.core.idempotency import (
+    DEFAULT_WINDOW_SECONDS,
+    IdempotencyKey,
+    IdempotencyKeyReused,
+)
+from sensorstats.core.stats import EMPTY, Stats
+from sensorstats.store.ahead import ReadAhead, Ready, WriteAhead
 
 # Idempotency keys remembered at most: about 200 bytes each, so 20 MB.
 MAX_REMEMBERED_KEYS = 100_000

@@ -18,8 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.logs import FIELDS
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.ops.logs import FIELDS
 from sensorstats.store import Store
 
 # How long one store check is trusted: /healthz may be probed by many clients,

@@ -12,7 +12,7 @@ The store is assembled from parts that each do one job:
 - `etcd_writes`: committing one shared batch, retries and lost answers;
 - `read_rounds`: concurrent GETs share linearizable reads sent after they
   arrived, by one sender thread; a GET's read may be started ahead, on the
-  server's event loop (`sensorstats.ahead`), and its `get` then takes
+  server's event loop (`sensorstats.store.ahead`), and its `get` then takes
   that answer; so may a POST's write of one chunk, and its `apply` then
   takes that outcome;
 - `etcd_memory`: the last seen records, and the marker lease.
@@ -38,16 +38,17 @@ from typing import Any
 
 import etcd3.etcdrpc as rpc
 
-from sensorstats.ahead import AHEAD, ReadAhead, Ready, WriteAhead
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
+from sensorstats.core.stats import Stats
 from sensorstats.settings import Settings
-from sensorstats.stats import Stats
-from sensorstats.store.combining import PendingWrite, WriteCombiner
-from sensorstats.store.etcd_client import EtcdAccess, EtcdClient, EtcdFailure
-from sensorstats.store.etcd_keys import health_key, key_marker_key, marker_key, sensor_key
-from sensorstats.store.etcd_memory import SeenCache
-from sensorstats.store.etcd_txn import (
+from sensorstats.store.ahead import AHEAD, ReadAhead, Ready, WriteAhead
+from sensorstats.store.etcd.cache import SeenCache
+from sensorstats.store.etcd.client import EtcdAccess, EtcdClient, EtcdFailure
+from sensorstats.store.etcd.combining import PendingWrite, WriteCombiner
+from sensorstats.store.etcd.keys import health_key, key_marker_key, marker_key, sensor_key
+from sensorstats.store.etcd.read_rounds import ReadRounds
+from sensorstats.store.etcd.txn import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     Seen,
@@ -57,8 +58,7 @@ from sensorstats.store.etcd_txn import (
     seen_of,
     split_batch,
 )
-from sensorstats.store.etcd_writes import BatchCommitter
-from sensorstats.store.read_rounds import ReadRounds
+from sensorstats.store.etcd.writes import BatchCommitter
 
 CACHE_SIZE = 10_000
 # How long closing waits for the batch of writes ahead in flight, if any.

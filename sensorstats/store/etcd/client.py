@@ -53,7 +53,7 @@ from typing import Any
 import etcd3.etcdrpc as rpc
 import grpc  # type: ignore[import-untyped]
 
-from sensorstats.errors import StoreUnavailable
+from sensorstats.core.errors import StoreUnavailable
 from sensorstats.settings import EtcdEndpoint, Settings, read_password
 from sensorstats.store.events import STORE_EVENTS
 

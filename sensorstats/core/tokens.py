@@ -1,4 +1,4 @@
-"""Bearer tokens: who may change statistics, and, if configured, read them.
+"""Bearer tokens: the configured set, parsed and compared in constant time.
 
 Tokens come from ``SENSORSTATS_API_TOKENS`` (comma-separated) or from
 ``SENSORSTATS_API_TOKENS_FILE`` (one a line, for a Kubernetes Secret mounted
@@ -25,11 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import falcon
-
-from sensorstats.problems import Problem
+from typing import Protocol
 
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_LENGTH = 4096
@@ -223,65 +219,3 @@ class TokenFile:
             self._signature = signature
         _log.info("token file %s re-read: %d token(s)", self.path, len(tokens))
         return tokens
-
-
-def client_identity(req: falcon.Request) -> str:
-    """Who sent `req`, as `BearerAuth` established; "" when tokens are not configured."""
-    identity: str = getattr(req.context, "client", "")
-    return identity
-
-
-class BearerAuth:
-    """Falcon middleware: requests that change state need a valid bearer token.
-
-    POST, PUT, PATCH and DELETE always do; GET and HEAD only with
-    `protect_reads`; OPTIONS and the `open_routes` (the probes) never. A
-    method the resource does not serve is left to falcon's 405.
-    """
-
-    def __init__(
-        self, tokens: TokenSource, *, protect_reads: bool, open_routes: Iterable[str]
-    ) -> None:
-        self._tokens = tokens
-        self._protect_reads = protect_reads
-        self._open_routes = frozenset(open_routes)
-
-    def process_resource(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
-    ) -> None:
-        if not self._needs_token(req, resource):
-            return
-        scheme, _, credentials = (req.get_header("Authorization") or "").strip().partition(" ")
-        if scheme.lower() != "bearer":
-            detail = (
-                "this request needs a bearer token: Authorization: Bearer <token>"
-                if not scheme
-                else "only bearer tokens are accepted: Authorization: Bearer <token>"
-            )
-            raise _unauthorized(detail, f'Bearer realm="{REALM}"')
-        identity = self._tokens.current().identify(credentials.strip())
-        if identity is None:
-            raise _unauthorized(
-                "the bearer token is not valid",
-                f'Bearer realm="{REALM}", error="invalid_token", '
-                'error_description="the token is not valid"',
-            )
-        req.context.client = identity
-
-    def _needs_token(self, req: falcon.Request, resource: Any) -> bool:
-        method = req.method
-        if resource is None or method == "OPTIONS" or req.uri_template in self._open_routes:
-            return False
-        if not hasattr(resource, f"on_{method.lower()}"):
-            return False
-        return self._protect_reads or method not in ("GET", "HEAD")
-
-
-def _unauthorized(detail: str, challenge: str) -> Problem:
-    return Problem(
-        falcon.HTTP_401,
-        type_uri="urn:sensorstats:problem:unauthorized",
-        title="Unauthorized",
-        detail=detail,
-        headers={"WWW-Authenticate": challenge},
-    )

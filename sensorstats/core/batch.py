@@ -11,8 +11,8 @@ from typing import Annotated
 
 import msgspec
 
-from sensorstats.errors import FieldError, InvalidBatch, PayloadTooLarge
-from sensorstats.stats import Stats, Timestamp, exact_double_sum, instant_of, order_as_text
+from sensorstats.core.errors import FieldError, InvalidBatch, PayloadTooLarge
+from sensorstats.core.stats import Stats, Timestamp, exact_double_sum, instant_of, order_as_text
 
 # A rejected batch lists at most this many errors; the detail gives the total.
 MAX_REPORTED_ERRORS = 100

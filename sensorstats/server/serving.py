@@ -33,18 +33,18 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.task import ThreadedTaskDispatcher
 
-from sensorstats.ahead import AheadRoute
-from sensorstats.connections import (
+from sensorstats.ops.logs import FIELDS
+from sensorstats.ops.metrics import Metrics
+from sensorstats.ops.readiness import Readiness
+from sensorstats.server.connections import (
     HEADER_LIMIT_BYTES,
     ConnectionPolicy,
     ConnectionServer,
     ReceiveBudget,
 )
-from sensorstats.logs import FIELDS
-from sensorstats.metrics import Metrics
-from sensorstats.readiness import Readiness
 from sensorstats.settings import Settings, SettingsError
-from sensorstats.telemetry import RequestTelemetry
+from sensorstats.store.ahead import AheadRoute
+from sensorstats.web.telemetry import RequestTelemetry
 
 _log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Server:
         """Listen as `settings` say; `metrics` (the app's) also counts the server's own answers.
 
         `ahead` starts the store calls of the requests it knows on the
-        event loop (see `sensorstats.ahead`).
+        event loop (see `sensorstats.store.ahead`).
         """
         self._settings = settings
         self._readiness = readiness

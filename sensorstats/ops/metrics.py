@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
 from typing import Any, TypeVar
 
-import falcon
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -35,12 +34,12 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from sensorstats import __version__
-from sensorstats.ahead import ReadAhead, Ready, WriteAhead
-from sensorstats.errors import StoreFull, StoreUnavailable
-from sensorstats.idempotency import IdempotencyKey, IdempotencyKeyReused
-from sensorstats.readiness import Readiness
-from sensorstats.stats import Stats
+from sensorstats.core.errors import StoreFull, StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey, IdempotencyKeyReused
+from sensorstats.core.stats import Stats
+from sensorstats.ops.readiness import Readiness
 from sensorstats.store import Store
+from sensorstats.store.ahead import ReadAhead, Ready, WriteAhead
 from sensorstats.store.breaker import CLOSED, CircuitOpen
 from sensorstats.store.events import STORE_EVENTS
 
@@ -112,7 +111,7 @@ class Metrics:
             {
                 "version": __version__,
                 "python": platform.python_version(),
-                "falcon": falcon.__version__,
+                "falcon": version("falcon"),
                 "waitress": version("waitress"),
             }
         )

@@ -6,15 +6,15 @@ import json
 
 import falcon
 
-from sensorstats.ahead import AHEAD, Ready, ReceivedRequest, WriteAhead
-from sensorstats.auth import client_identity
-from sensorstats.batch import Limits, parse_batch, sensor_id_problem
-from sensorstats.errors import InvalidSensorId, PayloadTooLarge
-from sensorstats.idempotency import IdempotencyKey, fingerprint, parse_key_header
-from sensorstats.metrics import Metrics
-from sensorstats.problems import Problem
-from sensorstats.readiness import Readiness
+from sensorstats.core.batch import Limits, parse_batch, sensor_id_problem
+from sensorstats.core.errors import InvalidSensorId, PayloadTooLarge
+from sensorstats.core.idempotency import IdempotencyKey, fingerprint, parse_key_header
+from sensorstats.ops.metrics import Metrics
+from sensorstats.ops.readiness import Readiness
 from sensorstats.store import Store
+from sensorstats.store.ahead import AHEAD, Ready, ReceivedRequest, WriteAhead
+from sensorstats.web.auth import client_identity
+from sensorstats.web.problems import Problem
 
 DATA_PATH = "/data"
 STATISTICS_PREFIX = "/statistics/"
@@ -130,7 +130,7 @@ class StatisticsResource(Resource):
 class StatisticsReadAhead:
     """Starts the store's read for ``GET /statistics/{id}`` as soon as the request is in.
 
-    A `sensorstats.ahead.AheadRoute`: the server calls it on its event loop,
+    A `sensorstats.store.ahead.AheadRoute`: the server calls it on its event loop,
     so it must not block. It finds the sensor id as `StatisticsResource`
     does; should the two ever disagree, the resource's `get` finds no read
     for its own sensor and reads by itself, as for any request not read ahead.
@@ -156,7 +156,7 @@ class StatisticsReadAhead:
 class DataWriteAhead:
     """Starts the store's write for ``POST /data`` as soon as the request is in.
 
-    A `sensorstats.ahead.AheadRoute`, called on the event loop. It starts a
+    A `sensorstats.store.ahead.AheadRoute`, called on the event loop. It starts a
     write exactly where `DataResource.on_post` would reach the store without
     an idempotency key: no ``Idempotency-Key`` header, a body within the
     limit that `parse_batch` accepts, at least one measurement. And only for
@@ -191,7 +191,7 @@ class DataWriteAhead:
 
 
 class AheadRoutes:
-    """The first of `routes` that starts a call for a request (see `sensorstats.ahead`)."""
+    """The first of `routes` that starts a call for a request (see `sensorstats.store.ahead`)."""
 
     def __init__(self, *routes: StatisticsReadAhead | DataWriteAhead) -> None:
         self._routes = routes

@@ -16,7 +16,7 @@ attempt fails as "not applied" (nothing was sent); a write whose batch has
 not finished shortly after its deadline reports its outcome as unknown.
 
 A write may also be queued by a thread that must not wait, the server's
-event loop (`write_ahead`, see `sensorstats.ahead`): it is told its outcome
+event loop (`write_ahead`, see `sensorstats.store.ahead`): it is told its outcome
 by a callback, and the combiner's own committer thread leads the batches
 that such writes need, with the same rules. Queued with the others, these
 writes share their transactions, whichever thread leads. The committer fails
@@ -43,9 +43,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.store.etcd_txn import Update, key_cost, marker_cost
-from sensorstats.store.gathering import Gathering
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.store.etcd.gathering import Gathering
+from sensorstats.store.etcd.txn import Update, key_cost, marker_cost
 
 # An attempt that cannot be given this long is not sent: it could only time
 # out and turn a request that was certainly not applied into an unknown one.

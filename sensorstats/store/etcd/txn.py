@@ -16,8 +16,8 @@ from typing import Any
 
 import etcd3.etcdrpc as rpc
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.stats import EMPTY, Stats
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.stats import EMPTY, Stats
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MAX_TXN_BYTES = 1 << 20  # below etcd's default --max-request-bytes (1.5 MiB)

@@ -13,7 +13,7 @@ flight, as Go's singleflight does, could answer with a state older than a
 write acknowledged before the GET arrived.)
 
 Two kinds of readers: a thread calling `get`, which waits for its round,
-and a `ReadAhead` (see `sensorstats.ahead`), which waits for nothing:
+and a `ReadAhead` (see `sensorstats.store.ahead`), which waits for nothing:
 the sender settles it, and it tells its request to go on. Every reader has a
 deadline, `timeout` seconds after it joined: a thread gives up waiting then,
 and a read ahead still unsent then is failed instead of sent. A round all
@@ -30,8 +30,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
-from sensorstats.ahead import Ahead, ReadAhead
-from sensorstats.errors import StoreUnavailable
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.store.ahead import Ahead, ReadAhead
 
 # How long `close` waits for a round in flight to be answered.
 CLOSE_SECONDS = 1.0

@@ -11,7 +11,7 @@ logger: method, route template, path (as sent, percent-encoding kept),
 status, duration, body bytes in and out, client address, user agent and the
 request id. A request's duration runs from the moment the server had all of
 it (`RECEIVED_AT`, set by `connections`) to its answer: the wait for a
-worker thread, or for a store call started ahead (`sensorstats.ahead`),
+worker thread, or for a store call started ahead (`sensorstats.store.ahead`),
 counts, as the client sees it.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import falcon
 
-from sensorstats.logs import ACCESS_LOGGER, FIELDS, REQUEST_ID
-from sensorstats.metrics import UNMATCHED, Metrics, method_label
-from sensorstats.request_id import HEADER, WAITRESS_KEY, request_id_for
+from sensorstats.ops.logs import ACCESS_LOGGER, FIELDS, REQUEST_ID
+from sensorstats.ops.metrics import UNMATCHED, Metrics, method_label
+from sensorstats.web.request_id import HEADER, WAITRESS_KEY, request_id_for
 
 DATA_ROUTE = "/data"
 # The WSGI environ key holding when the server had the whole request (monotonic).

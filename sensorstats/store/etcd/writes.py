@@ -35,13 +35,13 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 
-from sensorstats.errors import StoreUnavailable
-from sensorstats.idempotency import IdempotencyKeyReused
-from sensorstats.stats import EMPTY, Stats
-from sensorstats.store.combining import MIN_ATTEMPT_SECONDS, PendingWrite
-from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
-from sensorstats.store.etcd_memory import MarkerLease, SeenCache
-from sensorstats.store.etcd_txn import (
+from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKeyReused
+from sensorstats.core.stats import EMPTY, Stats
+from sensorstats.store.etcd.cache import MarkerLease, SeenCache
+from sensorstats.store.etcd.client import EtcdClient, EtcdFailure
+from sensorstats.store.etcd.combining import MIN_ATTEMPT_SECONDS, PendingWrite
+from sensorstats.store.etcd.txn import (
     Marker,
     Seen,
     read_answer,

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sensorstats.stats import Stats
+from sensorstats.core.stats import Stats
 
 MAX_KEY_LENGTH = 255
 # How long a key is remembered by default; see README, "Capacity".

@@ -32,7 +32,7 @@ where this module does it (each time the narrowest hook waitress offers):
   request its `AheadRoute` recognises (``GET /statistics/{id}``, a small
   ``POST /data``) has its store call started on the loop, and once the
   outcome is in it is served on the loop too, like a probe: the app then
-  finds the outcome and never blocks (see `sensorstats.ahead`). No worker
+  finds the outcome and never blocks (see `sensorstats.store.ahead`). No worker
   thread waits for etcd or is woken for these requests at all; each costs
   the event loop what the app costs.
 - **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
@@ -72,14 +72,14 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import BadRequest, Error
 
-from sensorstats import problems
-from sensorstats.ahead import AHEAD, Ahead, AheadRoute
-from sensorstats.logs import CONNECTIONS_LOGGER
-from sensorstats.request_id import HEADER as REQUEST_ID_HEADER
-from sensorstats.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
-from sensorstats.request_id import request_id_for
+from sensorstats.ops.logs import CONNECTIONS_LOGGER
 from sensorstats.settings import Settings
-from sensorstats.telemetry import RECEIVED_AT, RequestTelemetry
+from sensorstats.store.ahead import AHEAD, Ahead, AheadRoute
+from sensorstats.web import problems
+from sensorstats.web.request_id import HEADER as REQUEST_ID_HEADER
+from sensorstats.web.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
+from sensorstats.web.request_id import request_id_for
+from sensorstats.web.telemetry import RECEIVED_AT, RequestTelemetry
 
 # Answered on the event loop; their handlers must never block.
 # /metrics too: a scrape must answer when the workers are all busy, which is

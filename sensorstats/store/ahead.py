@@ -19,7 +19,7 @@ acknowledged before that: the answer is exactly as fresh as one read by a
 worker. A write is made at most once: the `apply` that finds a write ahead
 in `AHEAD` takes its outcome and never writes again. What starts a call
 ahead must refuse exactly what the app would refuse before its store call,
-or not start it (`sensorstats.resources`). A store that keeps its data in
+or not start it (`sensorstats.web.resources`). A store that keeps its data in
 memory starts nothing ahead.
 """
 
@@ -30,7 +30,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from sensorstats.stats import Stats
+    from sensorstats.core.stats import Stats
 
 V = TypeVar("V")
 

@@ -7,8 +7,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from sensorstats.store.etcd_client import EtcdClient, EtcdFailure
-from sensorstats.store.etcd_txn import ABSENT, Seen
+from sensorstats.store.etcd.client import EtcdClient, EtcdFailure
+from sensorstats.store.etcd.txn import ABSENT, Seen
 
 
 class SeenCache:

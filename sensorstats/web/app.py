@@ -6,13 +6,16 @@ from typing import Any
 
 import falcon
 
-from sensorstats import problems
-from sensorstats.auth import BearerAuth, StaticTokens, TokenFile, TokenSource
-from sensorstats.batch import Limits
-from sensorstats.metrics import Metrics
-from sensorstats.openapi import openapi_document
-from sensorstats.readiness import Readiness
-from sensorstats.resources import (
+from sensorstats.core.batch import Limits
+from sensorstats.core.tokens import StaticTokens, TokenFile, TokenSource
+from sensorstats.ops.metrics import Metrics
+from sensorstats.ops.readiness import Readiness
+from sensorstats.settings import Settings
+from sensorstats.store import Store
+from sensorstats.web import problems
+from sensorstats.web.auth import BearerAuth
+from sensorstats.web.openapi import openapi_document
+from sensorstats.web.resources import (
     AheadRoutes,
     DataResource,
     DataWriteAhead,
@@ -24,9 +27,7 @@ from sensorstats.resources import (
     StatisticsResource,
     server_options,
 )
-from sensorstats.settings import Settings
-from sensorstats.store import Store
-from sensorstats.telemetry import RequestTelemetry
+from sensorstats.web.telemetry import RequestTelemetry
 
 ROUTES = ("/data", "/statistics/{sensor_id:path}", "/healthz", "/livez")
 # For operators and client authors: never behind a token, never asking the store.
@@ -76,7 +77,7 @@ def create_app(
 
 
 def ahead_route(settings: Settings, store: Store) -> AheadRoutes | None:
-    """Whose store calls the server starts ahead (see `sensorstats.ahead`); None: nobody's.
+    """Whose store calls the server starts ahead (see `sensorstats.store.ahead`); None: nobody's.
 
     A token is checked by the app, once the call ahead is done, and a
     client without one must make the store neither write nor read: no writes

@@ -11,15 +11,15 @@ from typing import Any
 
 import falcon
 
-from sensorstats.errors import (
+from sensorstats.core.errors import (
     InvalidBatch,
     InvalidSensorId,
     PayloadTooLarge,
     StoreFull,
     StoreUnavailable,
 )
-from sensorstats.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
-from sensorstats.logs import UNAVAILABLE_LOGGER
+from sensorstats.core.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
+from sensorstats.ops.logs import UNAVAILABLE_LOGGER
 
 PROBLEM_JSON = "application/problem+json"
 

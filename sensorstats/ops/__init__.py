@@ -1,0 +1,1 @@
+"""Operations: metrics, logs and readiness, shared by the app, the server and the store."""
