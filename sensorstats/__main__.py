@@ -18,7 +18,7 @@ from sensorstats.ops.readiness import Readiness
 from sensorstats.server.serving import Server, ensure_descriptors
 from sensorstats.settings import SettingsError, load_settings, loggable
 from sensorstats.store.factory import open_store
-from sensorstats.web.app import ahead_route, create_app
+from sensorstats.web.app import create_web
 
 _log = logging.getLogger("sensorstats")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -91,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         readiness = Readiness(metrics.measured(store))
         try:
-            app = create_app(settings, store, readiness, metrics)
-            server = Server(app, settings, readiness, metrics, ahead=ahead_route(settings, store))
+            web = create_web(settings, store, readiness, metrics)
+            server = Server(web.app, settings, readiness, metrics, early=web.early)
         except OSError as error:
             print(
                 f"sensorstats: error: cannot listen on {settings.host}:{settings.port}: {error}",

@@ -41,7 +41,7 @@ class FailingStore:
     """A store every call of which raises `error`."""
 
     description = "a store that always fails"
-    calls_ahead = False
+    starts_calls = False
 
     def __init__(self, error: Exception) -> None:
         self.error = error

@@ -17,7 +17,6 @@ import pytest
 from sensorstats.core.errors import StoreFull, StoreUnavailable
 from sensorstats.core.idempotency import IdempotencyKey
 from sensorstats.core.stats import EMPTY, Stats
-from sensorstats.store.ahead import AHEAD, ReadAhead, Ready, WriteAhead
 from sensorstats.store.breaker import (
     CLOSED,
     HALF_OPEN,
@@ -26,6 +25,7 @@ from sensorstats.store.breaker import (
     BreakerStore,
     CircuitOpen,
 )
+from sensorstats.store.calls import Ready, StartedCall, StartedRead, StartedWrite
 
 DOWN = StoreUnavailable("etcd did not answer within 2 s (deadline exceeded)", retry_after=2)
 CONTENTION = StoreUnavailable("other writers changed the same sensors", outage=False)
@@ -43,7 +43,7 @@ class FlakyStore:
     """Raises `failure` from every call while it is set; counts the calls that reach it."""
 
     description = "a flaky store"
-    calls_ahead = True
+    starts_calls = True
 
     def __init__(self) -> None:
         self.failure: Exception | None = None
@@ -67,13 +67,13 @@ class FlakyStore:
     def delete(self, sensor: str) -> None:
         self._call()
 
-    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
+    def start_get(self, sensor: str, ready: Ready) -> StartedRead[Any] | None:
         self.reads_ahead.append(sensor)
-        return ReadAhead(sensor, deadline=0.0, ready=ready)
+        return StartedRead(sensor, sensor, deadline=0.0, ready=ready)
 
-    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+    def start_apply(self, deltas: Mapping[str, Stats], ready: Ready) -> StartedWrite | None:
         self.writes_ahead.append(deltas)
-        return WriteAhead(deltas, deadline=0.0, ready=ready)
+        return StartedWrite(deltas, deadline=0.0, ready=ready)
 
     def check(self) -> None:
         self._call()
@@ -113,45 +113,49 @@ def test_calls_go_through_while_closed(breaker, inner):
     assert breaker.state == CLOSED
 
 
-def test_reads_are_started_ahead_only_while_closed(breaker, inner, clock):
-    assert breaker.read_ahead("s", lambda read: None) is not None
+def test_reads_are_started_early_only_while_closed(breaker, inner, clock):
+    assert breaker.start_get("s", lambda read: None) is not None
     inner.failure = DOWN
     fail(breaker, 3)
     # Open, then half-open: the GET itself fails fast or makes the trial.
-    assert breaker.read_ahead("s", lambda read: None) is None
+    assert breaker.start_get("s", lambda read: None) is None
     clock.now += 2.0
     assert breaker.state == HALF_OPEN
-    assert breaker.read_ahead("s", lambda read: None) is None
+    assert breaker.start_get("s", lambda read: None) is None
     assert inner.reads_ahead == ["s"]
 
 
-def test_writes_are_started_ahead_only_while_closed(breaker, inner, clock):
-    assert breaker.write_ahead({}, lambda write: None) is not None
+def test_writes_are_started_early_only_while_closed(breaker, inner, clock):
+    assert breaker.start_apply({}, lambda write: None) is not None
     inner.failure = DOWN
     fail(breaker, 3)
-    assert breaker.write_ahead({}, lambda write: None) is None
+    assert breaker.start_apply({}, lambda write: None) is None
     clock.now += 2.0
     assert breaker.state == HALF_OPEN
-    assert breaker.write_ahead({}, lambda write: None) is None
+    assert breaker.start_apply({}, lambda write: None) is None
     assert len(inner.writes_ahead) == 1
 
 
-def test_the_outcome_of_a_write_ahead_is_taken_even_once_the_breaker_is_open(breaker, inner):
-    batch: dict[str, Stats] = {}
-    written = breaker.write_ahead(batch, lambda write: None)
+def test_the_outcome_of_a_started_write_stands_and_counts_once_the_breaker_is_open(breaker, inner):
+    taken: list[StartedCall[Any]] = []
+    written = breaker.start_apply({}, taken.append)
     assert written is not None
-    written.settle(None, None)
     inner.failure = DOWN
     fail(breaker, 3)  # other requests open it meanwhile
     assert breaker.state == OPEN
-    inner.failure = None
-    token = AHEAD.set(written)
-    try:
-        breaker.apply(batch)  # sent while closed: its outcome, not a fast failure
-    finally:
-        AHEAD.reset(token)
-    assert inner.calls == 4
+    written.settle(None, None)  # sent while closed: its request gets its outcome
+    assert taken == [written]
+    written.result()
     assert breaker.state == CLOSED  # and it counts, as any answer does
+
+
+def test_a_started_call_failing_for_an_outage_counts_towards_opening(breaker, inner):
+    inner.failure = DOWN
+    fail(breaker, 2)
+    read = breaker.start_get("s", lambda call: None)
+    assert read is not None
+    read.settle(None, DOWN)
+    assert breaker.state == OPEN
 
 
 def test_it_opens_after_the_threshold_of_consecutive_outages(breaker, inner):

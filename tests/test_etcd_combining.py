@@ -12,7 +12,6 @@ import pytest
 
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.stats import EMPTY, Stats
-from sensorstats.store.ahead import AHEAD
 from sensorstats.store.etcd.client import EtcdClient
 from sensorstats.store.etcd.store import EtcdStore
 from tests.etcd_process import EtcdProcess
@@ -223,25 +222,22 @@ def test_contention_that_outlasts_the_deadline_is_not_an_outage(
     assert raised.value.outage is False
 
 
-# --- writes ahead: started on the server's event loop, taken by the request's apply --
+# --- writes started on the server's event loop, their outcome taken by the resource --
 
 
 def post_ahead(store: EtcdStore, deltas: dict[str, Stats]) -> BaseException | None:
-    """What the server does for a POST written ahead: start, wait, then the app's apply.
+    """What the server does for a POST whose write starts early: start, wait, take the outcome.
 
-    Returns what the apply raised, if anything; the write must be started.
+    Returns what the outcome raised, if anything; the write must be started.
     """
     settled = threading.Event()
-    ahead = store.write_ahead(deltas, lambda call: settled.set())
+    ahead = store.start_apply(deltas, lambda call: settled.set())
     assert ahead is not None
-    assert settled.wait(30), "the write ahead never settled"
-    token = AHEAD.set(ahead)
+    assert settled.wait(30), "the started write never settled"
     try:
-        store.apply(deltas)
+        ahead.result()
     except BaseException as error:
         return error
-    finally:
-        AHEAD.reset(token)
     return None
 
 
@@ -305,31 +301,21 @@ def test_a_refused_commit_of_writes_ahead_fails_exactly_their_requests(
     assert store.get("shared") == merged([0])
 
 
-def test_an_apply_under_a_write_ahead_of_another_batch_never_writes(
+def test_a_started_write_is_one_transaction_and_taking_its_outcome_writes_nothing(
     make_store: Callable[..., EtcdStore], etcd: EtcdProcess
 ) -> None:
     client = ScriptedClient(endpoints(etcd))
     store = make_store(client)
     assert post_ahead(store, {"mine": measured(1.0)}) is None
-    settled = threading.Event()
-    ahead = store.write_ahead({"mine": measured(2.0)}, lambda call: settled.set())
-    assert ahead is not None
-    assert settled.wait(10)
-    token = AHEAD.set(ahead)
-    try:
-        with pytest.raises(RuntimeError, match="another batch"):
-            store.apply({"mine": measured(2.0)})  # equal, but not the batch written ahead
-    finally:
-        AHEAD.reset(token)
-    assert client.txn_calls == 2
-    assert store.get("mine") == measured(1.0, 2.0)
+    assert client.txn_calls == 1
+    assert store.get("mine") == measured(1.0)
 
 
 def test_a_batch_of_several_transactions_is_not_written_ahead(
     make_store: Callable[..., EtcdStore],
 ) -> None:
     store = make_store(max_txn_ops=4)  # three sensors and the marker per transaction
-    assert store.write_ahead({f"s{i}": measured(i) for i in range(4)}, lambda call: None) is None
+    assert store.start_apply({f"s{i}": measured(i) for i in range(4)}, lambda call: None) is None
     assert post_ahead(store, {f"s{i}": measured(i) for i in range(3)}) is None
     assert [store.get(f"s{i}") for i in range(3)] == [measured(i) for i in range(3)]
 
@@ -340,7 +326,7 @@ def test_a_write_ahead_on_a_closed_store_fails_at_once_as_not_applied(
     store = make_store()
     store.close()
     settled: list[object] = []
-    ahead = store.write_ahead({"s": measured(1.0)}, settled.append)
+    ahead = store.start_apply({"s": measured(1.0)}, settled.append)
     assert ahead is not None
     assert settled == [ahead]
     with pytest.raises(StoreUnavailable, match="not applied"):

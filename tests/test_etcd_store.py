@@ -16,7 +16,7 @@ import pytest
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.stats import EMPTY, Stats, Timestamp
 from sensorstats.settings import EtcdEndpoint
-from sensorstats.store.ahead import AHEAD, ReadAhead
+from sensorstats.store.calls import StartedCall
 from sensorstats.store.etcd.client import EtcdClient, EtcdFailure
 from sensorstats.store.etcd.store import EtcdStore
 from sensorstats.store.etcd.txn import Update, split_batch
@@ -115,24 +115,20 @@ def make_store(etcd: EtcdProcess, etcd_prefix: str) -> Iterator[Callable[..., Et
 # --- layout ------------------------------------------------------------------
 
 
-def test_a_get_answers_from_the_read_started_ahead_for_its_request(
+def test_a_started_read_holds_what_was_read_for_its_request(
     make_store: Callable[..., EtcdStore],
 ) -> None:
     store = make_store()
     store.apply({"ahead": measured(1.0), "other": measured(5.0)})
-    settled: list[ReadAhead[Any]] = []
-    read = store.read_ahead("ahead", settled.append)
+    settled: list[StartedCall[Any]] = []
+    read = store.start_get("ahead", settled.append)
     deadline = time.monotonic() + 10
     while not settled and time.monotonic() < deadline:
         time.sleep(0.01)
     assert settled == [read]
+    assert read.sensor == "ahead"
     store.apply({"ahead": measured(2.0)})  # acknowledged after the request's read
-    token = AHEAD.set(read)
-    try:
-        assert store.get("ahead") == measured(1.0)  # what was read for this request
-        assert store.get("other") == measured(5.0)  # another sensor: read now
-    finally:
-        AHEAD.reset(token)
+    assert read.result() == measured(1.0)  # what was read for this request
     assert store.get("ahead") == measured(1.0, 2.0)  # a later request reads afresh
 
 

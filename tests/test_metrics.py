@@ -227,7 +227,7 @@ class FlakyStore(MemoryStore):
     """A memory store whose calls fail while `down` is set."""
 
     description = "a flaky store"
-    calls_ahead = False
+    starts_calls = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from sensorstats.core.errors import StoreUnavailable
-from sensorstats.store.ahead import ReadAhead
+from sensorstats.store.calls import StartedRead
 from sensorstats.store.etcd.read_rounds import ReadRounds
 
 
@@ -92,10 +92,10 @@ class Settled:
     """Collects the reads ahead as their `ready` is called, in order."""
 
     def __init__(self) -> None:
-        self.reads: list[ReadAhead[int]] = []
+        self.reads: list[StartedRead[int]] = []
         self.event = threading.Event()
 
-    def __call__(self, read: ReadAhead[int]) -> None:
+    def __call__(self, read: StartedRead[int]) -> None:
         self.reads.append(read)
         self.event.set()
 
@@ -200,7 +200,7 @@ def test_a_read_ahead_is_settled_by_a_round_sent_after_it_joined(
     with readers(rounds, "k") as early:
         assert store.sent.acquire(timeout=5)  # round 1 is out, reading version 0
         store.version = 1  # a write is acknowledged, then the GET arrives
-        read = rounds.read_ahead("k", settled)
+        read = rounds.start_read("k", "k", settled, _same)
         assert not settled.reads  # no answer yet: its round is not even sent
         store.release.set()
         settled.wait_for(1)
@@ -218,7 +218,7 @@ def test_reads_ahead_and_waiting_threads_share_a_round(
     settled = Settled()
     with readers(rounds, "first"):
         assert store.sent.acquire(timeout=5)
-        reads = [rounds.read_ahead(key, settled) for key in ("a", "b", "a")]
+        reads = [rounds.start_read(key, key, settled, _same) for key in ("a", "b", "a")]
         with readers(rounds, "b", "c") as waited:
             wait_until(lambda: waiting(rounds) == 3)
             store.release.set()
@@ -235,7 +235,7 @@ def test_a_failed_round_settles_its_reads_ahead_with_the_failure(
     store = Versioned()
     store.fail_with = StoreUnavailable("etcd has no leader")
     settled = Settled()
-    read = rounds_for(store).read_ahead("k", settled)
+    read = rounds_for(store).start_read("k", "k", settled, _same)
     settled.wait_for(1)
     with pytest.raises(StoreUnavailable, match="etcd has no leader"):
         read.result()
@@ -249,7 +249,7 @@ def test_a_read_ahead_not_sent_by_its_deadline_fails_unsent(
     settled = Settled()
     with readers(rounds, "first"):
         assert store.sent.acquire(timeout=5)
-        read = rounds.read_ahead("late", settled)
+        read = rounds.start_read("late", "late", settled, _same)
         time.sleep(0.5)  # the round in flight outlasts the read's deadline
         store.release.set()
         settled.wait_for(1)
@@ -263,7 +263,7 @@ def test_a_read_ahead_used_before_it_settles_is_a_bug(
 ) -> None:
     store = Versioned(hold=1)
     rounds = rounds_for(store)
-    read = rounds.read_ahead("k", Settled())
+    read = rounds.start_read("k", "k", Settled(), _same)
     assert store.sent.acquire(timeout=5)
     with pytest.raises(RuntimeError, match="before it settled"):
         read.result()
@@ -277,13 +277,13 @@ def test_a_failing_ready_callback_does_not_stop_the_others(
     rounds = rounds_for(store)
     settled = Settled()
 
-    def broken(read: ReadAhead[int]) -> None:
+    def broken(read: StartedRead[int]) -> None:
         raise OSError("the connection is gone")
 
     with readers(rounds, "first"):
         assert store.sent.acquire(timeout=5)
-        rounds.read_ahead("a", broken)
-        rounds.read_ahead("b", settled)
+        rounds.start_read("a", "a", broken, _same)
+        rounds.start_read("b", "b", settled, _same)
         store.release.set()
         settled.wait_for(1)
     assert settled.reads[0].result() == 0
@@ -298,7 +298,7 @@ def test_closing_fails_what_was_not_sent_and_every_later_read(
     settled = Settled()
     with readers(rounds, "first") as first:
         assert store.sent.acquire(timeout=5)
-        unsent = rounds.read_ahead("unsent", settled)
+        unsent = rounds.start_read("unsent", "unsent", settled, _same)
         closing = threading.Thread(target=rounds.close)
         closing.start()
         store.release.set()
@@ -307,10 +307,16 @@ def test_closing_fails_what_was_not_sent_and_every_later_read(
     assert first == [0]  # the round in flight is answered
     with pytest.raises(StoreUnavailable, match="closed"):
         unsent.result()
-    after = rounds.read_ahead("after", settled)  # settled at once, `ready` called here
+    after = rounds.start_read(
+        "after", "after", settled, _same
+    )  # settled at once, `ready` called here
     assert settled.reads[-1] is after
     with pytest.raises(StoreUnavailable, match="closed"):
         after.result()
     with pytest.raises(StoreUnavailable, match="closed"):
         rounds.get("after")
     assert store.rounds == [["first"]]
+
+
+def _same(value: int) -> int:
+    return value

@@ -36,7 +36,7 @@ class CheckedStore:
     """A store that counts `check` calls and is down while `down` is set."""
 
     description = "a store for readiness tests"
-    calls_ahead = False
+    starts_calls = False
 
     def __init__(self) -> None:
         self.checks = 0

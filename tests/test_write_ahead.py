@@ -141,3 +141,36 @@ def test_a_post_written_ahead_has_its_id_and_its_access_line(service: Service) -
         time.sleep(0.05)
     (line,) = [json.loads(x) for x in service.log().splitlines() if '"wa-logged-1"' in x]
     assert (line["route"], line["status"]) == ("/data", 204)
+
+
+TOKEN_SECRET = "early-writer-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def guarded(etcd: EtcdProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    env = {
+        "SENSORSTATS_ETCD_ENDPOINTS": etcd.url,
+        "SENSORSTATS_ETCD_PREFIX": "/write-ahead-tokens/",
+        "SENSORSTATS_API_TOKENS": f"writer:{TOKEN_SECRET}",
+    }
+    with start_service(env, log_dir=tmp_path_factory.mktemp("logs")) as running:
+        yield running
+
+
+def test_with_tokens_a_post_is_written_early_only_with_a_valid_token(guarded: Service) -> None:
+    """Writes start on the event loop with tokens too, and the token is checked first."""
+    valid = f"Authorization: Bearer {TOKEN_SECRET}\r\n"
+    with connect(guarded) as sock:
+        # Pipelined: without a token, with a wrong one, with the right one, twice.
+        sock.sendall(
+            post(batch("guarded", 1.0))
+            + post(batch("guarded", 2.0), "Authorization: Bearer not-a-valid-token-at-all\r\n")
+            + post(batch("guarded", 3.0), valid)
+            + post(batch("guarded", 4.0), valid)
+            + get("guarded")
+        )
+        (none, wrong, first, second, read) = answers(sock, 5)
+    assert [none[0], wrong[0], first[0], second[0], read[0]] == [401, 401, 204, 204, 200]
+    statistics = json.loads(read[2])
+    assert statistics["count"] == 2  # only the posts with the token were written
+    assert statistics["avg"] == 3.5

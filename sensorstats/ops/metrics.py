@@ -39,8 +39,8 @@ from sensorstats.core.idempotency import IdempotencyKey, IdempotencyKeyReused
 from sensorstats.core.stats import Stats
 from sensorstats.ops.readiness import Readiness
 from sensorstats.store import Store
-from sensorstats.store.ahead import ReadAhead, Ready, WriteAhead
 from sensorstats.store.breaker import CLOSED, CircuitOpen
+from sensorstats.store.calls import Ready, StartedCall, StartedRead, StartedWrite
 from sensorstats.store.events import STORE_EVENTS
 
 # Request latency: a GET on the embedded store takes well under a
@@ -390,7 +390,7 @@ class MeasuredStore:
         self._store = store
         self._metrics = metrics
         self.description = store.description
-        self.calls_ahead = store.calls_ahead
+        self.starts_calls = store.starts_calls
 
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         self._measure("apply", lambda: self._store.apply(deltas, key))
@@ -399,11 +399,26 @@ class MeasuredStore:
     def get(self, sensor: str) -> Stats:
         return self._measure("get", lambda: self._store.get(sensor))
 
-    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
-        return self._store.read_ahead(sensor, ready)  # its `get` is measured
+    def start_get(self, sensor: str, ready: Ready) -> StartedRead[Stats] | None:
+        return self._store.start_get(sensor, self._measured("get", ready))
 
-    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
-        return self._store.write_ahead(deltas, ready)  # its `apply` is measured
+    def start_apply(self, deltas: Mapping[str, Stats], ready: Ready) -> StartedWrite | None:
+        count = sum(delta.count for delta in deltas.values())
+        return self._store.start_apply(deltas, self._measured("apply", ready, count))
+
+    def _measured(self, operation: str, ready: Ready, ingested: int = 0) -> Ready:
+        """`ready`, after the call it settles is measured as `operation`, from its start."""
+        started = time.monotonic()
+
+        def settled(call: StartedCall[Any]) -> None:
+            error = call.error
+            outcome = OK if error is None else _outcome_of(error)
+            self._metrics.store_operation(operation, outcome, time.monotonic() - started)
+            if error is None and ingested:
+                self._metrics.measurements_ingested(ingested)
+            ready(call)
+
+        return settled
 
     def delete(self, sensor: str) -> None:
         self._measure("delete", lambda: self._store.delete(sensor))
@@ -421,17 +436,21 @@ class MeasuredStore:
             result = call()
             outcome = OK
             return result
-        except CircuitOpen:
-            outcome = CIRCUIT_OPEN
-            raise
-        except StoreUnavailable:
-            outcome = UNAVAILABLE
-            raise
-        except StoreFull:
-            outcome = FULL
-            raise
-        except IdempotencyKeyReused:
-            outcome = REJECTED
+        except BaseException as error:
+            outcome = _outcome_of(error)
             raise
         finally:
             self._metrics.store_operation(operation, outcome, time.monotonic() - started)
+
+
+def _outcome_of(error: BaseException) -> str:
+    """The outcome label of a store call that failed with `error`."""
+    if isinstance(error, CircuitOpen):
+        return CIRCUIT_OPEN
+    if isinstance(error, StoreUnavailable):
+        return UNAVAILABLE
+    if isinstance(error, StoreFull):
+        return FULL
+    if isinstance(error, IdempotencyKeyReused):
+        return REJECTED
+    return ERROR

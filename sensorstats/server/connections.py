@@ -28,13 +28,13 @@ where this module does it (each time the narrowest hook waitress offers):
   sent, so one client can neither stall the loop nor grow its output without
   bound. Waitress's wait for a channel's output to drain below its high-water
   mark never runs on the loop, which is the thread that would drain it.
-- **Store calls ahead** (`ConnectionServer.add_task`, `KeepAliveTask`). A
-  request its `AheadRoute` recognises (``GET /statistics/{id}``, a small
-  ``POST /data``) has its store call started on the loop, and once the
-  outcome is in it is served on the loop too, like a probe: the app then
-  finds the outcome and never blocks (see `sensorstats.store.ahead`). No worker
-  thread waits for etcd or is woken for these requests at all; each costs
-  the event loop what the app costs.
+- **Store calls started early** (`ConnectionServer.add_task`,
+  `KeepAliveTask`). A request the app's `EarlyCalls` starts a call for
+  (``GET /statistics/{id}``, a small ``POST /data``) has it started on the
+  loop, and once the call is settled the request is served on the loop too,
+  like a probe, with the call in its environ: the app takes the outcome and
+  never blocks (see `sensorstats.web.early`). No worker thread waits for
+  etcd or is woken for these requests at all.
 - **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
   heads and bodies, timeouts: RFC 9457 documents, not waitress's text/plain.
 - **Lingering close** (`Channel`). After an error answer the client may
@@ -74,8 +74,9 @@ from waitress.utilities import BadRequest, Error
 
 from sensorstats.ops.logs import CONNECTIONS_LOGGER
 from sensorstats.settings import Settings
-from sensorstats.store.ahead import AHEAD, Ahead, AheadRoute
+from sensorstats.store.calls import StartedCall
 from sensorstats.web import problems
+from sensorstats.web.early import STARTED_CALL, EarlyCalls
 from sensorstats.web.request_id import HEADER as REQUEST_ID_HEADER
 from sensorstats.web.request_id import WAITRESS_KEY as WAITRESS_REQUEST_ID
 from sensorstats.web.request_id import request_id_for
@@ -233,7 +234,7 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
         super().__init__(adj)
         self.started_at = time.monotonic()  # the first byte of this request
         self.completed_at: float | None = None  # and the last
-        self.ahead: Ahead[Any] | None = None  # its store call, once settled
+        self.started_call: StartedCall[Any] | None = None  # its store call, once settled
         self._policy = policy
         self._budget = budget
         self._reserved = 0
@@ -343,17 +344,12 @@ class KeepAliveTask(WSGITask):  # type: ignore[misc]  # waitress is untyped
 
     _bodiless_keep_alive = False
 
-    def execute(self) -> None:
-        # The app's store call takes the outcome settled ahead for this request.
-        token = AHEAD.set(getattr(self.request, "ahead", None))
-        try:
-            super().execute()
-        finally:
-            AHEAD.reset(token)
-
     def get_environment(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environment()
         environ[RECEIVED_AT] = getattr(self.request, "completed_at", None)
+        call = getattr(self.request, "started_call", None)
+        if call is not None:
+            environ[STARTED_CALL] = call  # the resource takes its outcome
         return environ
 
     def build_response_header(self) -> bytes:
@@ -467,8 +463,8 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
             request.command in _PROBE_METHODS and request.path in PROBE_PATHS
         )
 
-    def start_ahead(self, route: AheadRoute) -> bool:
-        """Start the store call of the request just received, if `route` knows it.
+    def start_early(self, early: EarlyCalls) -> bool:
+        """Start the store call of the request just received, if the app wants one early.
 
         True: the request is served on the loop once the call is settled
         (`ConnectionServer.serve_settled`).
@@ -477,11 +473,11 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
         if request.error is not None:
             return False
 
-        def ready(call: Ahead[Any]) -> None:  # on the store's thread, or this one
-            request.ahead = call
+        def ready(call: StartedCall[Any]) -> None:  # on the store's thread, or this one
+            request.started_call = call
             self.server.call_settled(self)
 
-        return route.start(request, ready)
+        return early.start(request, ready) is not None
 
     def service(self) -> None:
         super().service()
@@ -623,8 +619,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     channel_class = Channel
     # Hears of the answers the server gives by itself; set by `server.Server`.
     telemetry: RequestTelemetry | None = None
-    # Starts store calls for the requests it knows; set by `server.Server`.
-    ahead: AheadRoute | None = None
+    # Starts store calls for the requests that need one; set by `server.Server`.
+    early: EarlyCalls | None = None
 
     def __init__(
         self,
@@ -719,7 +715,7 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
             if channel.answers_inline():
                 channel.inline_pending = True
                 return
-            if self.ahead is not None and channel.start_ahead(self.ahead):
+            if self.early is not None and channel.start_early(self.early):
                 self.awaiting_store += 1
                 return
         self.dispatch(channel)

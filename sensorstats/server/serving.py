@@ -43,7 +43,7 @@ from sensorstats.server.connections import (
     ReceiveBudget,
 )
 from sensorstats.settings import Settings, SettingsError
-from sensorstats.store.ahead import AheadRoute
+from sensorstats.web.early import EarlyCalls
 from sensorstats.web.telemetry import RequestTelemetry
 
 _log = logging.getLogger(__name__)
@@ -118,12 +118,12 @@ class Server:
         settings: Settings,
         readiness: Readiness,
         metrics: Metrics | None = None,
-        ahead: AheadRoute | None = None,
+        early: EarlyCalls | None = None,
     ) -> None:
         """Listen as `settings` say; `metrics` (the app's) also counts the server's own answers.
 
-        `ahead` starts the store calls of the requests it knows on the
-        event loop (see `sensorstats.store.ahead`).
+        `early` starts the store calls of the requests that need one on
+        the event loop (see `sensorstats.web.early`).
         """
         self._settings = settings
         self._readiness = readiness
@@ -159,7 +159,7 @@ class Server:
                     policy=policy,
                     budget=budget,
                 )
-                listener.ahead = ahead
+                listener.early = early
                 self._listeners.append(listener)
         except OSError:
             wasyncore.close_all(self._map)

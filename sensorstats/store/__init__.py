@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from sensorstats.core.idempotency import IdempotencyKey
 from sensorstats.core.stats import Stats
-from sensorstats.store.ahead import ReadAhead, Ready, WriteAhead
+from sensorstats.store.calls import Ready, StartedRead, StartedWrite
 
 
 class Store(Protocol):
@@ -18,9 +18,9 @@ class Store(Protocol):
     """
 
     description: str  # for the start-up log line: what and where
-    # Whether `read_ahead` and `write_ahead` may ever start a call: if not,
-    # the server does not prepare them (a write ahead parses the body).
-    calls_ahead: bool
+    # Whether `start_get` and `start_apply` may ever start a call: if not,
+    # the server does not prepare them (starting a write parses the body).
+    starts_calls: bool
 
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         """Merge each sensor's delta into its statistics, all or nothing where possible.
@@ -29,35 +29,26 @@ class Store(Protocol):
         With an idempotency `key`, a batch already applied under that key (same
         fingerprint, within the idempotency window) is not applied again, and
         one applied with another fingerprint raises `IdempotencyKeyReused`.
-
-        While `sensorstats.store.ahead.AHEAD` holds a settled write of these very
-        `deltas` (the same object), started by `write_ahead` for the same
-        request, its outcome: the batch is never written twice.
         """
 
     def get(self, sensor: str) -> Stats:
-        """The sensor's current statistics (`stats.EMPTY` if none), linearizable.
+        """The sensor's current statistics (`stats.EMPTY` if none), linearizable."""
 
-        While `sensorstats.store.ahead.AHEAD` holds a settled read of this
-        sensor's, started by `read_ahead` for the same request, its answer.
+    def start_get(self, sensor: str, ready: Ready) -> StartedRead[Stats] | None:
+        """Start the `get` of `sensor` without waiting for it; None: not worth it, or not now.
+
+        The call calls ``ready(call)`` once settled, from any thread (or
+        before this returns); its `result` is what `get` would return. None:
+        the store reads from memory, or should not be asked now; the caller
+        then calls `get`. Never blocks.
         """
 
-    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
-        """Start reading `sensor` for the `get` its request will make; None if pointless.
+    def start_apply(self, deltas: Mapping[str, Stats], ready: Ready) -> StartedWrite | None:
+        """Start the `apply` of `deltas` (no idempotency key) without waiting; None: not now.
 
-        The read calls ``ready(read)`` once settled, from any thread, and is used by
-        the `get` made while `AHEAD` holds it. None: the store reads from
-        memory, or should not be asked now; the `get` then reads by itself.
-        """
-
-    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
-        """Start applying `deltas` (no idempotency key) for its request's `apply`; None: not now.
-
-        The write calls ``ready(write)`` once settled, from any thread; the
-        `apply` of the same `deltas` made while `AHEAD` holds it takes its
-        outcome. Never blocks. None: the store writes to memory, the batch
-        is too large for one transaction, or the store should not be asked
-        now; the `apply` then writes by itself.
+        As `start_get`. None: the store writes to memory, the batch needs
+        more than one transaction, or the store should not be asked now;
+        the caller then calls `apply`. Never blocks.
         """
 
     def delete(self, sensor: str) -> None:

@@ -32,7 +32,7 @@ from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.idempotency import IdempotencyKey
 from sensorstats.core.stats import Stats
 from sensorstats.store import Store
-from sensorstats.store.ahead import AHEAD, ReadAhead, Ready, WriteAhead
+from sensorstats.store.calls import Ready, StartedCall, StartedRead, StartedWrite
 from sensorstats.store.events import STORE_EVENTS
 
 THRESHOLD = 5
@@ -76,7 +76,7 @@ class BreakerStore:
         self._retry_at = 0.0  # while open: when the next trial may start
         self._trial_running = False
         self.description = f"{store.description}, behind a circuit breaker"
-        self.calls_ahead = store.calls_ahead
+        self.starts_calls = store.starts_calls
 
     @property
     def state(self) -> str:
@@ -89,25 +89,36 @@ class BreakerStore:
     # --- the Store protocol ------------------------------------------------
 
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
-        # A batch written ahead was sent while the breaker was closed: its
-        # outcome is taken whatever the state now, and counted like any other.
-        admit = not isinstance(AHEAD.get(), WriteAhead)
-        self._call(lambda: self._store.apply(deltas, key), admit=admit)
+        self._call(lambda: self._store.apply(deltas, key))
 
     def get(self, sensor: str) -> Stats:
         return self._call(lambda: self._store.get(sensor))
 
-    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
-        # Only while closed: the `get` itself then fails fast or makes the trial.
-        if self._state != CLOSED:
-            return None
-        return self._store.read_ahead(sensor, ready)
+    # Calls start early only while the breaker is closed (else the caller's
+    # own `get` or `apply` fails fast or makes the trial). A started call
+    # was sent while closed: its outcome stands whatever the state when it
+    # settles, and is counted like any other.
 
-    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
-        # Only while closed, as reads ahead: the `apply` fails fast or makes the trial.
+    def start_get(self, sensor: str, ready: Ready) -> StartedRead[Stats] | None:
         if self._state != CLOSED:
             return None
-        return self._store.write_ahead(deltas, ready)
+        return self._store.start_get(sensor, self._counted(ready))
+
+    def start_apply(self, deltas: Mapping[str, Stats], ready: Ready) -> StartedWrite | None:
+        if self._state != CLOSED:
+            return None
+        return self._store.start_apply(deltas, self._counted(ready))
+
+    def _counted(self, ready: Ready) -> Ready:
+        def settled(call: StartedCall[Any]) -> None:
+            error = call.error
+            if isinstance(error, StoreUnavailable) and error.outage:
+                self._failed(error, trial=False)
+            elif error is None or isinstance(error, StoreUnavailable):
+                self._answered(trial=False)
+            ready(call)
+
+        return settled
 
     def delete(self, sensor: str) -> None:
         self._call(lambda: self._store.delete(sensor))
@@ -120,9 +131,9 @@ class BreakerStore:
 
     # --- the state machine -------------------------------------------------
 
-    def _call(self, call: Callable[[], T], *, admit: bool = True) -> T:
-        """`call`, if the breaker admits it (or `admit` is False), its outcome counted."""
-        trial = self._admit() if admit else False
+    def _call(self, call: Callable[[], T]) -> T:
+        """`call`, if the breaker admits it, its outcome counted."""
+        trial = self._admit()
         try:
             result = call()
         except StoreUnavailable as error:

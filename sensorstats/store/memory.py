@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from sensorstats.core.errors import StoreFull
 from sensorstats.core.idempotency import (
@@ -14,7 +13,7 @@ from sensorstats.core.idempotency import (
     IdempotencyKeyReused,
 )
 from sensorstats.core.stats import EMPTY, Stats
-from sensorstats.store.ahead import ReadAhead, Ready, WriteAhead
+from sensorstats.store.calls import Ready, StartedRead, StartedWrite
 
 # Idempotency keys remembered at most: about 200 bytes each, so 20 MB.
 MAX_REMEMBERED_KEYS = 100_000
@@ -47,7 +46,7 @@ class MemoryStore:
         self._max_keys = max_keys
         self._clock = clock
         limit = "no limit" if max_sensors is None else f"at most {max_sensors} sensors"
-        self.calls_ahead = False  # a call to memory costs no wait worth starting early
+        self.starts_calls = False  # a call to memory costs no wait worth starting early
         self.description = (
             f"embedded in-memory store ({limit}; single instance only; data is lost on exit)"
         )
@@ -67,10 +66,10 @@ class MemoryStore:
         # reader sees a sensor before or after an `apply`, never between.
         return self._stats.get(sensor, EMPTY)
 
-    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Any] | None:
+    def start_get(self, sensor: str, ready: Ready) -> StartedRead[Stats] | None:
         return None  # a read from memory costs no wait worth starting early
 
-    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+    def start_apply(self, deltas: Mapping[str, Stats], ready: Ready) -> StartedWrite | None:
         return None  # a write to memory costs no wait worth starting early
 
     def delete(self, sensor: str) -> None:

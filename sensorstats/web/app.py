@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
@@ -14,27 +15,33 @@ from sensorstats.settings import Settings
 from sensorstats.store import Store
 from sensorstats.web import problems
 from sensorstats.web.auth import BearerAuth
+from sensorstats.web.early import DATA_PATH, STATISTICS_PREFIX, EarlyCalls
 from sensorstats.web.openapi import openapi_document
 from sensorstats.web.resources import (
-    AheadRoutes,
     DataResource,
-    DataWriteAhead,
     HealthResource,
     LiveResource,
     MetricsResource,
     OpenApiResource,
-    StatisticsReadAhead,
     StatisticsResource,
     server_options,
 )
 from sensorstats.web.telemetry import RequestTelemetry
 
-ROUTES = ("/data", "/statistics/{sensor_id:path}", "/healthz", "/livez")
+ROUTES = (DATA_PATH, STATISTICS_PREFIX + "{sensor_id:path}", "/healthz", "/livez")
 # For operators and client authors: never behind a token, never asking the store.
 METRICS_ROUTE = "/metrics"
 OPENAPI_ROUTE = "/openapi.json"
 # The request target "*" (RFC 9110 §7.1), which only OPTIONS may use.
 ASTERISK = r"^\*$"
+
+
+@dataclass(frozen=True)
+class Web:
+    """The WSGI app, and the store calls the server may start for it on its event loop."""
+
+    app: falcon.App[Any, Any]
+    early: EarlyCalls | None  # None: nothing starts early (see `sensorstats.web.early`)
 
 
 def create_app(
@@ -43,9 +50,21 @@ def create_app(
     readiness: Readiness | None = None,
     metrics: Metrics | None = None,
 ) -> falcon.App[Any, Any]:
+    """The WSGI app alone (see `create_web`)."""
+    return create_web(settings, store, readiness, metrics).app
+
+
+def create_web(
+    settings: Settings,
+    store: Store,
+    readiness: Readiness | None = None,
+    metrics: Metrics | None = None,
+) -> Web:
     """Wire `store` (and `readiness`, made from the store if not given) into the routes.
 
-    `metrics` is the process's registry; an app of its own gets one if not given.
+    `metrics` is the process's registry; an app of its own gets one if not
+    given. The early calls see the app's own middleware: what it would
+    refuse starts nothing.
     """
     metrics = metrics or Metrics()
     store = metrics.measured(store)
@@ -73,26 +92,8 @@ def create_app(
     app.add_route(METRICS_ROUTE, MetricsResource(metrics))
     app.add_route(OPENAPI_ROUTE, OpenApiResource(openapi_document(settings)))
     app.add_sink(server_options, ASTERISK)
-    return app
-
-
-def ahead_route(settings: Settings, store: Store) -> AheadRoutes | None:
-    """Whose store calls the server starts ahead (see `sensorstats.store.ahead`); None: nobody's.
-
-    A token is checked by the app, once the call ahead is done, and a
-    client without one must make the store neither write nor read: no writes
-    ahead when tokens are configured, no reads ahead when reads need one.
-    None for a store that never calls ahead (the embedded store).
-    """
-    if not store.calls_ahead:
-        return None
-    limits = _limits(settings)
-    routes: list[StatisticsReadAhead | DataWriteAhead] = []
-    if not settings.read_requires_token:
-        routes.append(StatisticsReadAhead(store, limits))
-    if _token_source(settings) is None:
-        routes.append(DataWriteAhead(store, limits, settings.max_body_bytes))
-    return AheadRoutes(*routes) if routes else None
+    early = EarlyCalls(store, limits, settings.max_body_bytes, middleware)
+    return Web(app, early if early.enabled else None)
 
 
 def _limits(settings: Settings) -> Limits:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -50,6 +51,10 @@ class RequestTelemetry:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._routes: dict[str, str] = {}  # falcon template -> route label
+
+    def admits_early(self, method: str, path: str, header: Callable[[str], str | None]) -> bool:
+        """Always: it observes requests, and refuses none (`sensorstats.web.early`)."""
+        return True
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         context = req.context

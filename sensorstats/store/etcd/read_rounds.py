@@ -13,7 +13,7 @@ flight, as Go's singleflight does, could answer with a state older than a
 write acknowledged before the GET arrived.)
 
 Two kinds of readers: a thread calling `get`, which waits for its round,
-and a `ReadAhead` (see `sensorstats.store.ahead`), which waits for nothing:
+and a `StartedRead` (see `sensorstats.store.calls`), which waits for nothing:
 the sender settles it, and it tells its request to go on. Every reader has a
 deadline, `timeout` seconds after it joined: a thread gives up waiting then,
 and a read ahead still unsent then is failed instead of sent. A round all
@@ -28,10 +28,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sensorstats.core.errors import StoreUnavailable
-from sensorstats.store.ahead import Ahead, ReadAhead
+from sensorstats.store.calls import StartedCall, StartedRead
 
 # How long `close` waits for a round in flight to be answered.
 CLOSE_SECONDS = 1.0
@@ -47,7 +47,7 @@ class _Round(Generic[V]):
     def __init__(self, lock: threading.Lock) -> None:
         self.keys: dict[str, None] = {}  # insertion-ordered set
         self.readers = 0  # threads still waiting for it in `get`
-        self.ahead: list[ReadAhead[V]] = []  # reads ahead waiting for it
+        self.ahead: list[StartedRead[Any]] = []  # reads started early, waiting for it
         self.results: Mapping[str, V] = {}
         self.error: BaseException | None = None
         self.done = False
@@ -100,12 +100,21 @@ class ReadRounds(Generic[V]):
             raise joined.error
         return joined.results[key]
 
-    def read_ahead(self, key: str, ready: Callable[[Ahead[V]], None]) -> ReadAhead[V]:
+    def start_read(
+        self,
+        sensor: str,
+        key: str,
+        ready: Callable[[StartedCall[Any]], None],
+        convert: Callable[[V], Any],
+    ) -> StartedRead[Any]:
         """Read `key` in the next round; the sender settles the result, then calls `ready`.
 
-        Once the rounds are closed the read fails at once, `ready` called here.
+        The call's value is ``convert(value read)``. Once the rounds are
+        closed the read fails at once, `ready` called here.
         """
-        ahead: ReadAhead[V] = ReadAhead(key, self._clock() + self._timeout, ready)
+        ahead: StartedRead[Any] = StartedRead(
+            sensor, key, self._clock() + self._timeout, ready, convert
+        )
         try:
             with self._lock:
                 self._join(key).ahead.append(ahead)
@@ -194,7 +203,7 @@ class ReadRounds(Generic[V]):
             self._answer(leading, {}, error)
 
 
-def _settle(ahead: ReadAhead[V], value: V | None, error: BaseException | None) -> None:
+def _settle(ahead: StartedRead[Any], value: V | None, error: BaseException | None) -> None:
     try:
         ahead.settle(value, error)
     except Exception:  # the sender serves every other reader whatever one of them does

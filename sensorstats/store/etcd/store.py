@@ -12,7 +12,7 @@ The store is assembled from parts that each do one job:
 - `etcd_writes`: committing one shared batch, retries and lost answers;
 - `read_rounds`: concurrent GETs share linearizable reads sent after they
   arrived, by one sender thread; a GET's read may be started ahead, on the
-  server's event loop (`sensorstats.store.ahead`), and its `get` then takes
+  server's event loop (`sensorstats.store.calls`), and its `get` then takes
   that answer; so may a POST's write of one chunk, and its `apply` then
   takes that outcome;
 - `etcd_memory`: the last seen records, and the marker lease.
@@ -42,7 +42,7 @@ from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
 from sensorstats.core.stats import Stats
 from sensorstats.settings import Settings
-from sensorstats.store.ahead import AHEAD, ReadAhead, Ready, WriteAhead
+from sensorstats.store.calls import Ready, StartedRead, StartedWrite
 from sensorstats.store.etcd.cache import SeenCache
 from sensorstats.store.etcd.client import EtcdAccess, EtcdClient, EtcdFailure
 from sensorstats.store.etcd.combining import PendingWrite, WriteCombiner
@@ -89,7 +89,7 @@ class EtcdStore:
     ) -> None:
         if max_txn_ops < 2:
             raise ValueError("max_txn_ops must leave room for a sensor and the marker")
-        self.calls_ahead = True
+        self.starts_calls = True
         self.description = (
             f"etcd at {','.join(str(e) for e in client.endpoints)} under prefix {prefix!r}"
         )
@@ -138,14 +138,7 @@ class EtcdStore:
         With an idempotency `key`, each chunk's marker derives from the key
         and holds the payload's fingerprint: a chunk whose marker exists is
         not applied again, so a retry applies exactly the missing chunks.
-        While `AHEAD` holds the write ahead of these `deltas`, its outcome.
         """
-        ahead = AHEAD.get()
-        if isinstance(ahead, WriteAhead):
-            if ahead.batch is not deltas or key is not None:  # never write twice
-                raise RuntimeError("a request written ahead applied another batch")
-            ahead.result()
-            return
         deadline = time.monotonic() + self._write_timeout
         updates = self._updates(deltas)
         chunks = split_batch(updates, self._chunk_sensors)
@@ -176,7 +169,7 @@ class EtcdStore:
                     failure.retry_after,
                 ) from None
 
-    def write_ahead(self, deltas: Mapping[str, Stats], ready: Ready) -> WriteAhead | None:
+    def start_apply(self, deltas: Mapping[str, Stats], ready: Ready) -> StartedWrite | None:
         """Queue `deltas` as one shared transaction; None if they need more than one."""
         updates = self._updates(deltas)
         chunks = split_batch(updates, self._chunk_sensors)
@@ -184,20 +177,16 @@ class EtcdStore:
             return None  # several chunks: `apply` tells which were applied if one fails
         deadline = time.monotonic() + self._write_timeout
         pending = PendingWrite(chunks[0], marker_key(self._prefix, self._request_id(), 0), deadline)
-        ahead = WriteAhead(deltas, deadline, ready)
+        ahead = StartedWrite(deltas, deadline, ready)
         self._writes.write_ahead(pending, lambda: ahead.settle(None, pending.error))
         return ahead
 
     def get(self, sensor: str) -> Stats:
-        key = sensor_key(self._prefix, sensor)
-        ahead = AHEAD.get()
-        if isinstance(ahead, ReadAhead) and ahead.key == key:
-            seen: Seen = ahead.result()
-            return seen.stats
-        return self._reads.get(key).stats
+        return self._reads.get(sensor_key(self._prefix, sensor)).stats
 
-    def read_ahead(self, sensor: str, ready: Ready) -> ReadAhead[Seen]:
-        return self._reads.read_ahead(sensor_key(self._prefix, sensor), ready)
+    def start_get(self, sensor: str, ready: Ready) -> StartedRead[Stats]:
+        key = sensor_key(self._prefix, sensor)
+        return self._reads.start_read(sensor, key, ready, _stats_of)
 
     def delete(self, sensor: str) -> None:
         key = sensor_key(self._prefix, sensor)
@@ -272,3 +261,7 @@ class EtcdStore:
                 if not fail_over or (failure.outcome_unknown and not repeatable):
                     raise
         return call()
+
+
+def _stats_of(seen: Seen) -> Stats:
+    return seen.stats
