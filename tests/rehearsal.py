@@ -142,6 +142,15 @@ def _document(text: str, kind: str, name: str) -> str:
     return documents[0]
 
 
+def _config_json(document: str, key: str) -> dict[str, Any]:
+    """The etcd config file a ConfigMap holds under `key` (a block scalar of JSON)."""
+    match = re.search(rf"^  {re.escape(key)}: \|\n((?:    .*\n|\n)+)", document, re.MULTILINE)
+    if match is None:
+        raise SetupFailed(f"no {key} in the etcd ConfigMap")
+    config: dict[str, Any] = json.loads(match.group(1))
+    return config
+
+
 def read_topology() -> Topology:
     """Read the manifest with regexes: the script must run without PyYAML."""
     text = MANIFEST.read_text()
@@ -153,11 +162,9 @@ def read_topology() -> Topology:
             r"^\s*- name: (SENSORSTATS_\w+)\n\s*value: (.+)$", app, re.MULTILINE
         )
     }
-    flags = re.findall(
-        r"^\s*- (--(?:auto-compaction-mode|auto-compaction-retention|quota-backend-bytes)=\S+)$",
-        etcd,
-        re.MULTILINE,
-    )
+    config = _config_json(_document(text, "ConfigMap", "etcd-config"), "00-etcd.json")
+    policy = ("auto-compaction-mode", "auto-compaction-retention", "quota-backend-bytes")
+    flags = [f"--{key}={config[key]}" for key in policy if key in config]
     if "SENSORSTATS_ETCD_ENDPOINTS" not in env or len(flags) != 3:
         raise SetupFailed(f"{MANIFEST} no longer has the shape this script reads")
     return Topology(
@@ -200,11 +207,13 @@ def read_security(directory: Path) -> Security:
             text = text.replace(mount, f"{secrets}/")
         return text.replace("/etc/sensorstats/api/tokens", str(secrets / "api-tokens"))
 
-    etcd_flags = re.findall(
-        r"^\s*value: (--(?:peer-)?(?:cert-file|key-file|trusted-ca-file|client-cert-auth)\S*)$",
-        (SECURE / "etcd-tls.yaml").read_text(),
-        re.MULTILINE,
-    )
+    # The overlay's TLS blocks of etcd's config file, as the flags they stand for.
+    config = _config_json((SECURE / "etcd-config-tls.yaml").read_text(), "50-tls.json")
+    etcd_flags = []
+    for block, prefix in (("client-transport-security", ""), ("peer-transport-security", "peer-")):
+        for key, value in config.get(block, {}).items():
+            text = str(value).lower() if isinstance(value, bool) else value
+            etcd_flags.append(f"--{prefix}{key}={text}")
     app_env = dict(
         re.findall(
             r"^\s*- name: (SENSORSTATS_\w+_FILE)\n\s*value: (.+)$",

@@ -1,9 +1,10 @@
 """Offline checks of the deployment files: Dockerfile, .dockerignore, kube/ and its overlays.
 
 The manifest a reviewer applies is kube/sensorstats.yaml, the whole system in
-one file; the edge and secure profiles are the kustomize overlays kube/edge/
-and kube/secure/, rendered here with the pinned kubectl's built-in kustomize
-(the secure one after its make-secrets.sh wrote the files its Secrets hold). Linters (hadolint,
+one file; the edge, secure and persistent profiles are the kustomize overlays
+kube/edge/, kube/secure/ and kube/persistent/, rendered here with the pinned
+kubectl's built-in kustomize (the secure one after its make-secrets.sh wrote
+the files its Secrets hold). Linters (hadolint,
 kubernetes-validate, yamllint) catch what is malformed; the semantic tests,
 run on both profiles, catch manifests that are well-formed but would not work
 together: a probe on a route the app does not serve, an etcd endpoint list
@@ -40,6 +41,7 @@ KUBE = ROOT / "kube"
 MANIFEST = KUBE / "sensorstats.yaml"
 EDGE = KUBE / "edge"
 SECURE = KUBE / "secure"
+PERSISTENT = KUBE / "persistent"
 # The namespace the secure profile's certificates are made for, here.
 SECURE_NAMESPACE = "sensors"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -122,6 +124,13 @@ def edge_rendering(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def persistent_rendering(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("persistent") / "persistent.yaml"
+    path.write_text(_kustomize(PERSISTENT))
+    return path
+
+
 def _make_secrets(directory: Path, *args: str) -> None:
     """kube/secure/make-secrets.sh, as the README runs it, writing into `directory`."""
     _executable("openssl")
@@ -173,6 +182,13 @@ def test_the_secure_rendering_is_valid_kubernetes_objects(
     _validate([secure_rendering], which)
 
 
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_the_persistent_rendering_is_valid_kubernetes_objects(
+    persistent_rendering: Path, which: str
+) -> None:
+    _validate([persistent_rendering, PERSISTENT / "storageclass-gp3.yaml"], which)
+
+
 def test_the_secure_overlay_needs_its_secrets_made_first(tmp_path: Path) -> None:
     """Rendered from a clean checkout, it fails, naming the file make-secrets.sh writes."""
     shutil.copytree(KUBE / "base", tmp_path / "base")
@@ -184,8 +200,8 @@ def test_the_secure_overlay_needs_its_secrets_made_first(tmp_path: Path) -> None
 
 def test_yaml_files_pass_yamllint() -> None:
     command = _python_module("yamllint")
-    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/base/", "kube/edge/", "kube/secure/"]
-    args.append(".yamllint")
+    args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/sensorstats.yaml", "kube/base/"]
+    args += ["kube/edge/", "kube/secure/", "kube/persistent/", ".yamllint"]
     result = _run([*command, *args])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -201,11 +217,13 @@ def _key(manifest: Manifest) -> tuple[str, str]:
 def test_kube_holds_exactly_one_manifest() -> None:
     """`kubectl apply -f kube/sensorstats.yaml` alone deploys everything: no second file."""
     kinds = {path.name: _load(path.read_text())[0]["kind"] for path in KUBE.glob("*.yaml")}
-    assert kinds == {"sensorstats.yaml": "Service"}
-    # A link to the kustomize base's copy, so that both read the same bytes.
-    assert MANIFEST.is_symlink()
-    assert MANIFEST.resolve() == (KUBE / "base" / "sensorstats.yaml").resolve()
+    assert kinds == {"sensorstats.yaml": "ConfigMap"}
+    # A regular file: a symbolic link is a one-line text file in a checkout
+    # without symlinks (Windows), which `kubectl apply -f` cannot read.
+    assert not MANIFEST.is_symlink()
+    assert MANIFEST.is_file()
     assert sorted(map(_key, _load(MANIFEST.read_text()))) == [
+        ("ConfigMap", "etcd-config"),
         ("Deployment", "sensorstats"),
         ("NetworkPolicy", "etcd"),
         ("PodDisruptionBudget", "etcd"),
@@ -217,10 +235,40 @@ def test_kube_holds_exactly_one_manifest() -> None:
     ]
 
 
-def test_the_kustomize_base_is_the_manifest_unchanged() -> None:
-    """kube/edge/ patches exactly what `kubectl apply -f kube/sensorstats.yaml` applies."""
+def test_the_kustomize_base_is_a_byte_identical_copy_of_the_manifest() -> None:
+    """The overlays patch exactly what `kubectl apply -f kube/sensorstats.yaml` applies.
+
+    kustomize loads only files inside a kustomization's directory, so the
+    base holds its own copy. A copy rather than a rendering: a rendering
+    would drop every comment, and the comments are the manifest's
+    documentation. After editing one, `cp kube/sensorstats.yaml kube/base/`.
+    """
+    base = KUBE / "base" / "sensorstats.yaml"
+    assert MANIFEST.read_bytes() == base.read_bytes(), f"{MANIFEST} and {base} differ"
     rendered = sorted(_load(_kustomize(KUBE / "base")), key=_key)
     assert rendered == sorted(_load(MANIFEST.read_text()), key=_key)
+
+
+def test_the_manifest_needs_no_storage_class(standard_objects: list[Manifest]) -> None:
+    """No claim anywhere: a cluster without a default StorageClass runs it as it is."""
+    assert [o for o in standard_objects if o["kind"] == "PersistentVolumeClaim"] == []
+    statefulset = _one(standard_objects, "StatefulSet", "etcd")
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    volumes = {v["name"]: v for v in _pod_spec(statefulset)["volumes"]}
+    assert "sizeLimit" in volumes["data"]["emptyDir"]
+
+
+def test_the_persistent_profile_claims_a_named_storage_class(persistent_rendering: Path) -> None:
+    objects = _load(persistent_rendering.read_text())
+    statefulset = _one(objects, "StatefulSet", "etcd")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    # Named: since Kubernetes 1.30 a new EKS cluster has no default class.
+    assert claim["spec"]["storageClassName"] == "gp3"
+    assert "data" not in {v["name"] for v in _pod_spec(statefulset)["volumes"]}
+    (storage_class,) = _load((PERSISTENT / "storageclass-gp3.yaml").read_text())
+    assert storage_class["metadata"]["name"] == claim["spec"]["storageClassName"]
+    assert storage_class["volumeBindingMode"] == "WaitForFirstConsumer"
 
 
 # --- manifests, both profiles --------------------------------------------------
@@ -239,6 +287,7 @@ PROFILES = {
     "standard": Profile(etcd_members=3, app_replicas=2),
     "edge": Profile(etcd_members=1, app_replicas=2),
     "secure": Profile(etcd_members=3, app_replicas=2, scheme="https"),
+    "persistent": Profile(etcd_members=3, app_replicas=2),
 }
 
 
@@ -295,6 +344,33 @@ def etcd(statefulset: Manifest) -> Manifest:
     return _container(statefulset, "etcd")
 
 
+@pytest.fixture(scope="module")
+def bootstrap(statefulset: Manifest) -> Manifest:
+    (container,) = _pod_spec(statefulset)["initContainers"]
+    assert container["name"] == "bootstrap"
+    return container
+
+
+@pytest.fixture(scope="module")
+def etcd_config(objects: list[Manifest], statefulset: Manifest) -> dict[str, Any]:
+    """The config etcd runs with, before the bootstrap decides how it starts."""
+    return _etcd_config(objects, statefulset)
+
+
+def _etcd_config(objects: list[Manifest], statefulset: Manifest) -> dict[str, Any]:
+    """The ConfigMap's *.json files merged in name order, as the bootstrap merges them."""
+    from sensorstats.store.etcd_bootstrap import merge
+
+    (name,) = [
+        v["configMap"]["name"] for v in _pod_spec(statefulset)["volumes"] if "configMap" in v
+    ]
+    data = _one(objects, "ConfigMap", name)["data"]
+    config: dict[str, Any] = {}
+    for key in sorted(k for k in data if k.endswith(".json")):
+        config = merge(config, json.loads(data[key]))
+    return config
+
+
 def _pod_spec(workload: Manifest) -> Manifest:
     spec: Manifest = workload["spec"]["template"]["spec"]
     return spec
@@ -311,9 +387,15 @@ def _env(container: Manifest) -> dict[str, str]:
 
 
 def _flags(container: Manifest) -> dict[str, str]:
-    """etcd's ``--name=value`` arguments as a mapping."""
+    """A container's ``--name=value`` arguments as a mapping."""
     pairs = (arg.split("=", 1) for arg in container["args"] if arg.startswith("--"))
     return dict(pairs)
+
+
+def _mount_of(container: Manifest, path: str) -> Manifest:
+    """The volume mount under which `path` lies."""
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    return mount
 
 
 def _port(container: Manifest, name_or_number: str | int) -> int:
@@ -433,7 +515,11 @@ def test_app_environment_names_real_settings(
 
 
 def test_etcd_endpoints_name_every_statefulset_member(
-    objects: list[Manifest], app: Manifest, statefulset: Manifest, etcd: Manifest, profile: Profile
+    objects: list[Manifest],
+    app: Manifest,
+    statefulset: Manifest,
+    etcd_config: dict[str, Any],
+    profile: Profile,
 ) -> None:
     headless = _one(objects, "Service", statefulset["spec"]["serviceName"])
     client_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "client")
@@ -443,7 +529,8 @@ def test_etcd_endpoints_name_every_statefulset_member(
         for i in range(statefulset["spec"]["replicas"])
     ]
     assert _env(app)["SENSORSTATS_ETCD_ENDPOINTS"].split(",") == expected
-    assert _flags(etcd)["--listen-client-urls"].endswith(f":{client_port}")
+    assert etcd_config["listen-client-urls"].endswith(f":{client_port}")
+    assert etcd_config["advertise-client-urls"].endswith(f".svc:{client_port}")
 
 
 def test_etcd_members_can_find_each_other_before_ready(
@@ -461,44 +548,87 @@ def test_etcd_members_can_find_each_other_before_ready(
 
 
 def test_etcd_bootstraps_its_members_by_stable_names(
-    statefulset: Manifest, etcd: Manifest, profile: Profile
+    statefulset: Manifest, etcd_config: dict[str, Any], bootstrap: Manifest, profile: Profile
 ) -> None:
     name, service = statefulset["metadata"]["name"], statefulset["spec"]["serviceName"]
     replicas = statefulset["spec"]["replicas"]
     assert replicas == profile.etcd_members
-    flags = _flags(etcd)
 
     def peer_url(pod: str) -> str:
         return f"{profile.scheme}://{pod}.{service}.$(POD_NAMESPACE).svc:2380"
 
     members = [f"{name}-{i}" for i in range(replicas)]
-    assert flags["--initial-cluster"] == ",".join(f"{m}={peer_url(m)}" for m in members)
-    assert flags["--name"] == "$(POD_NAME)"
-    assert flags["--initial-advertise-peer-urls"] == peer_url("$(POD_NAME)")
-    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in etcd["env"]}
+    assert etcd_config["initial-cluster"] == ",".join(f"{m}={peer_url(m)}" for m in members)
+    assert etcd_config["name"] == "$(POD_NAME)"
+    assert etcd_config["initial-advertise-peer-urls"] == peer_url("$(POD_NAME)")
+    assert etcd_config["initial-cluster-state"] == "new"
+    # The placeholders are the bootstrap's --set variables, from the downward API.
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in bootstrap["env"]}
     assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    sets = [arg.removeprefix("--set=") for arg in bootstrap["args"] if arg.startswith("--set=")]
+    assert sets == [f"{v}=$({v})" for v in downward]
+    used = set(re.findall(r"\$\((\w+)\)", json.dumps(etcd_config)))
+    assert used == set(downward)
+
+
+def test_etcd_runs_the_config_file_its_bootstrap_writes(
+    statefulset: Manifest, etcd: Manifest, bootstrap: Manifest, app: Manifest
+) -> None:
+    # With --config-file etcd ignores every other flag: nothing else may be there.
+    (arg,) = etcd["args"]
+    config_file = arg.removeprefix("--config-file=")
+    written = _flags(bootstrap)["--config"]
+    assert config_file == written
+    volumes = {v["name"]: v for v in _pod_spec(statefulset)["volumes"]}
+    run = _mount_of(etcd, config_file)
+    assert _mount_of(bootstrap, written)["name"] == run["name"]
+    assert "emptyDir" in volumes[run["name"]]
+    assert run.get("readOnly") is True
+    base = _mount_of(bootstrap, _flags(bootstrap)["--base"] + "/x")
+    assert "configMap" in volumes[base["name"]]
+    # The bootstrap runs the service's own image, whatever it is set to.
+    assert bootstrap["image"] == app["image"]
+    assert bootstrap["command"] == ["python", "-m", "sensorstats.store.etcd_bootstrap"]
+    assert importlib.util.find_spec("sensorstats.store.etcd_bootstrap") is not None
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+# etcd 3.5 keeps 5 write-ahead log segments of 64 MB (--max-wals) and
+# preallocates the next one.
+WAL_BYTES = 6 * 64 * 10**6
 
 
 def test_etcd_compacts_history_within_a_quota_its_volume_holds(
-    statefulset: Manifest, etcd: Manifest
+    statefulset: Manifest, etcd: Manifest, etcd_config: dict[str, Any]
 ) -> None:
-    flags = _flags(etcd)
     # Every POST adds history; an hour of it at full rate would fill the
     # quota (README, "Capacity"), so compaction keeps minutes, not hours.
-    assert flags["--auto-compaction-mode"] == "periodic"
-    assert flags["--auto-compaction-retention"] in ("5m", "300s")
-    quota = int(flags["--quota-backend-bytes"])
-    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
-    storage = claim["spec"]["resources"]["requests"]["storage"]
-    assert storage.endswith("Gi")
-    # The database plus one snapshot received from the leader must fit.
-    assert 0 < 2 * quota <= int(storage[:-2]) * 2**30
-    (mount,) = [m for m in etcd["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
-    assert flags["--data-dir"].startswith(mount["mountPath"] + "/")
+    assert etcd_config["auto-compaction-mode"] == "periodic"
+    assert etcd_config["auto-compaction-retention"] in ("5m", "300s")
+    # etcd's config file is typed: a quoted number would be refused.
+    quota = etcd_config["quota-backend-bytes"]
+    assert isinstance(quota, int)
+    mount = _mount_of(etcd, etcd_config["data-dir"])
+    claims = {c["metadata"]["name"]: c for c in statefulset["spec"].get("volumeClaimTemplates", [])}
+    volumes = {v["name"]: v for v in _pod_spec(statefulset)["volumes"]}
+    if mount["name"] in claims:
+        size = _bytes(claims[mount["name"]]["spec"]["resources"]["requests"]["storage"])
+    else:
+        size = _bytes(volumes[mount["name"]]["emptyDir"]["sizeLimit"])
+        # The scheduler places the member where the volume fits.
+        assert _bytes(etcd["resources"]["requests"]["ephemeral-storage"]) == size
+    # The database, one snapshot received from the leader beside it, and the log.
+    assert 0 < 2 * quota + WAL_BYTES <= size
 
 
-def test_etcd_probes_use_its_own_health_endpoints(etcd: Manifest) -> None:
-    metrics_port = int(_flags(etcd)["--listen-metrics-urls"].rsplit(":", 1)[1])
+def test_etcd_probes_use_its_own_health_endpoints(
+    etcd: Manifest, etcd_config: dict[str, Any]
+) -> None:
+    metrics_port = int(etcd_config["listen-metrics-urls"].rsplit(":", 1)[1])
     for kind, path in [("startupProbe", "/livez"), ("livenessProbe", "/livez")]:
         assert etcd[kind]["httpGet"]["path"] == path, kind
     assert etcd["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -548,14 +678,15 @@ def test_pods_run_unprivileged_and_read_only(objects: list[Manifest], kind: str)
     assert isinstance(security["runAsUser"], int)
     assert security["runAsUser"] > 0
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    for container in pod["containers"]:
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
         assert container["securityContext"] == {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         }, container["name"]
         assert "memory" in container["resources"]["limits"], container["name"]
-        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+        requests = set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= requests <= {"cpu", "memory", "ephemeral-storage"}
 
 
 def test_app_has_a_writable_tmp_for_spooled_request_bodies(
@@ -598,9 +729,33 @@ def test_rollouts_never_drop_below_the_replica_count(deployment: Manifest) -> No
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_local_image_is_not_pulled_on_every_start(app: Manifest) -> None:
-    assert app["image"] == "exercise:latest"
-    assert app["imagePullPolicy"] == "IfNotPresent"
+def test_local_image_is_not_pulled_on_every_start(app: Manifest, bootstrap: Manifest) -> None:
+    for container in (app, bootstrap):
+        assert container["image"] == "exercise:latest"
+        assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_the_readmes_image_edit_changes_every_use_of_the_image(tmp_path: Path) -> None:
+    """The one sed command of the reviewer's path moves the app and etcd's bootstrap."""
+    readme = (ROOT / "README.md").read_text()
+    (command,) = re.findall(r"^sed -i '([^']+)' kube/sensorstats\.yaml$", readme, re.MULTILINE)
+    _, old, new, _ = command.split("|")
+    assert old == "image: exercise:latest"
+    copy = tmp_path / "sensorstats.yaml"
+    copy.write_text(MANIFEST.read_text())
+    result = _run([_executable("sed"), "-i", command, str(copy)])
+    assert result.returncode == 0, result.stderr
+    objects = _load(copy.read_text())
+    images = [
+        c["image"]
+        for workload in _workloads(objects)
+        for c in [
+            *_pod_spec(workload).get("initContainers", []),
+            *_pod_spec(workload)["containers"],
+        ]
+        if not c["image"].startswith("gcr.io/etcd-development/")
+    ]
+    assert images == [new.removeprefix("image: ")] * 2
 
 
 def test_rehearsal_reads_the_manifest_as_yaml_does(standard_objects: list[Manifest]) -> None:
@@ -609,14 +764,18 @@ def test_rehearsal_reads_the_manifest_as_yaml_does(standard_objects: list[Manife
 
     deployment = _one(standard_objects, "Deployment", "sensorstats")
     statefulset = _one(standard_objects, "StatefulSet", "etcd")
-    app, etcd = _container(deployment, "sensorstats"), _container(statefulset, "etcd")
+    app = _container(deployment, "sensorstats")
+    config = _etcd_config(standard_objects, statefulset)
     topology = rehearsal.read_topology()
     assert rehearsal.MANIFEST == MANIFEST
     assert topology.app_env == {k: v for k, v in _env(app).items() if k.startswith("SENSORSTATS_")}
     assert topology.app_replicas == deployment["spec"]["replicas"]
     assert topology.readiness_path == app["readinessProbe"]["httpGet"]["path"]
     assert topology.etcd_replicas == statefulset["spec"]["replicas"]
-    assert set(topology.etcd_policy_flags) <= set(etcd["args"])
+    assert topology.etcd_policy_flags == [
+        f"--{key}={config[key]}"
+        for key in ("auto-compaction-mode", "auto-compaction-retention", "quota-backend-bytes")
+    ]
 
 
 def test_manifests_name_no_namespace(objects: list[Manifest]) -> None:
@@ -719,28 +878,27 @@ def test_secure_etcd_demands_client_certificates_on_both_ports(
 ) -> None:
     statefulset = _one(secure_objects, "StatefulSet", "etcd")
     etcd = _container(statefulset, "etcd")
-    flags = _flags(etcd)
-    assert flags["--client-cert-auth"] == flags["--peer-client-cert-auth"] == "true"
-    for flag in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls"):
-        assert flags[flag].startswith("https://"), flag
-    assert flags["--initial-advertise-peer-urls"].startswith("https://")
-    assert "http://" not in flags["--initial-cluster"]
+    (bootstrap,) = _pod_spec(statefulset)["initContainers"]
+    config = _etcd_config(secure_objects, statefulset)
+    blocks = [config["client-transport-security"], config["peer-transport-security"]]
+    assert [block["client-cert-auth"] for block in blocks] == [True, True]
+    for key in ("listen-client-urls", "advertise-client-urls", "listen-peer-urls"):
+        assert config[key].startswith("https://"), key
+    assert config["initial-advertise-peer-urls"].startswith("https://")
+    assert "http://" not in config["initial-cluster"]
     # The kubelet's probes stay on the plain metrics port, which serves no keys.
-    assert flags["--listen-metrics-urls"].startswith("http://")
-    (mount,) = [m for m in etcd["volumeMounts"] if m["name"] != "data"]
-    assert mount["readOnly"] is True
-    (volume,) = [v for v in _pod_spec(statefulset)["volumes"] if v["name"] == mount["name"]]
-    for flag in (
-        "--cert-file",
-        "--key-file",
-        "--trusted-ca-file",
-        "--peer-cert-file",
-        "--peer-key-file",
-        "--peer-trusted-ca-file",
-    ):
-        directory, _, key = flags[flag].rpartition("/")
-        assert directory == mount["mountPath"], flag
-        assert b"-----BEGIN " in _secret_data(secure_objects, volume, key), flag
+    assert config["listen-metrics-urls"].startswith("http://")
+    volumes = {v["name"]: v for v in _pod_spec(statefulset)["volumes"]}
+    # etcd and its bootstrap (which dials the members with the same
+    # certificate) read the same files from the same Secret.
+    for container in (etcd, bootstrap):
+        for block in blocks:
+            for key in ("cert-file", "key-file", "trusted-ca-file"):
+                mount = _mount_of(container, block[key])
+                assert mount["readOnly"] is True
+                volume = volumes[mount["name"]]
+                name = block[key].rpartition("/")[2]
+                assert b"-----BEGIN " in _secret_data(secure_objects, volume, name), key
 
 
 def test_the_certificates_name_every_address_and_chain_to_the_ca(
@@ -750,7 +908,7 @@ def test_the_certificates_name_every_address_and_chain_to_the_ca(
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     statefulset = _one(secure_objects, "StatefulSet", "etcd")
-    (member_volume,) = _pod_spec(statefulset)["volumes"]
+    (member_volume,) = [v for v in _pod_spec(statefulset)["volumes"] if "secret" in v]
     deployment = _one(secure_objects, "Deployment", "sensorstats")
     (client_volume,) = [v for v in _pod_spec(deployment)["volumes"] if v["name"] == "etcd-tls"]
 
