@@ -359,7 +359,7 @@ def etcd_config(objects: list[Manifest], statefulset: Manifest) -> dict[str, Any
 
 def _etcd_config(objects: list[Manifest], statefulset: Manifest) -> dict[str, Any]:
     """The ConfigMap's *.json files merged in name order, as the bootstrap merges them."""
-    from sensorstats.store.etcd_bootstrap import merge
+    from sensorstats.store.etcd.bootstrap import merge
 
     (name,) = [
         v["configMap"]["name"] for v in _pod_spec(statefulset)["volumes"] if "configMap" in v
@@ -588,8 +588,8 @@ def test_etcd_runs_the_config_file_its_bootstrap_writes(
     assert "configMap" in volumes[base["name"]]
     # The bootstrap runs the service's own image, whatever it is set to.
     assert bootstrap["image"] == app["image"]
-    assert bootstrap["command"] == ["python", "-m", "sensorstats.store.etcd_bootstrap"]
-    assert importlib.util.find_spec("sensorstats.store.etcd_bootstrap") is not None
+    assert bootstrap["command"] == ["python", "-m", "sensorstats.store.etcd.bootstrap"]
+    assert importlib.util.find_spec("sensorstats.store.etcd.bootstrap") is not None
 
 
 def _bytes(quantity: str) -> int:

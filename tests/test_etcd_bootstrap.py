@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sensorstats.store import etcd_bootstrap as bootstrap
-from sensorstats.store.etcd_bootstrap import static_member_id
+from sensorstats.store.etcd.bootstrap import static_member_id
+from sensorstats.store.etcd.store import bootstrap
 from tests.etcd_process import etcd_binary
 from tests.service import Service, start_service, statistics_path
 
@@ -626,9 +626,9 @@ def test_the_base_config_keeps_its_types_and_takes_overlays_in_name_order(
 
 def test_the_bootstrap_imports_nothing_of_the_service() -> None:
     code = (
-        "import sys, sensorstats.store.etcd_bootstrap; "
+        "import sys, sensorstats.store.etcd.bootstrap; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('falcon', 'waitress') or m in ('sensorstats.settings', 'sensorstats.auth')))"
+        "('falcon', 'waitress') or m in ('sensorstats.settings', 'sensorstats.web.auth')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -1,6 +1,6 @@
 """Start an etcd member the right way: as itself, into a new cluster, or as a replacement.
 
-    python -m sensorstats.store.etcd_bootstrap --base DIR --config FILE \\
+    python -m sensorstats.store.etcd.bootstrap --base DIR --config FILE \\
         --set POD_NAME=etcd-0 --set POD_NAMESPACE=default
 
 Runs before etcd, in an init container of the etcd pod (the official etcd
@@ -520,7 +520,8 @@ def _variable(text: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bootstrap; exit 0 once the config is written, 2 on an unusable base config."""
     parser = argparse.ArgumentParser(
-        prog="python -m sensorstats.store.etcd_bootstrap", description=__doc__.split("\n\n")[0]
+        prog="python -m sensorstats.store.etcd.bootstrap",
+        description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--base", type=Path, required=True, help="directory of *.json configs")
     parser.add_argument("--config", type=Path, required=True, help="the etcd config to write")
