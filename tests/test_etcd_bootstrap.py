@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 import yaml
 
+from sensorstats.store.etcd import bootstrap
 from sensorstats.store.etcd.bootstrap import static_member_id
-from sensorstats.store.etcd.store import bootstrap
 from tests.etcd_process import etcd_binary
 from tests.service import Service, start_service, statistics_path
 
