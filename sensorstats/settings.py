@@ -247,9 +247,13 @@ class Option:
 
     name: str
     convert: Callable[[str], Any]
-    default: str
     help: str
     required_if_set: bool = False
+
+    @property
+    def default(self) -> str:
+        """The default as text, as a variable or flag would give it: `Settings`' own default."""
+        return _as_text(_SETTINGS_DEFAULTS[self.name])
 
     @property
     def env(self) -> str:
@@ -261,92 +265,80 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", _host, "0.0.0.0", "listen address"),  # noqa: S104
-    Option("port", _integer(0, 65535), "8080", "listen port (0 picks a free one)"),
+    Option("host", _host, "listen address"),
+    Option("port", _integer(0, 65535), "listen port (0 picks a free one)"),
     Option(
         "etcd_endpoints",
         _endpoints,
-        "",
         "comma-separated etcd members, host:port or http(s)://host:port; "
         "empty means the embedded in-memory store (one instance only)",
     ),
-    Option("etcd_prefix", _prefix, "/sensorstats/", "key namespace in etcd"),
-    Option("etcd_timeout", _seconds(0.05, 60), "2", "timeout of one etcd call, seconds"),
+    Option("etcd_prefix", _prefix, "key namespace in etcd"),
+    Option("etcd_timeout", _seconds(0.05, 60), "timeout of one etcd call, seconds"),
     Option(
         "etcd_max_txn_ops",
         _integer(2, 1_000_000),
-        "128",
         "operations etcd allows per transaction (its --max-txn-ops); "
         "batches touching more sensors are split",
     ),
     Option(
         "write_timeout",
         _seconds(0.05, 300),
-        "5",
         "deadline for committing one POST, retries included, seconds",
     ),
-    Option("threads", _integer(1, 1024), "16", "waitress worker threads"),
+    Option("threads", _integer(1, 1024), "waitress worker threads"),
     Option(
         "connection_limit",
         _integer(1, 1_000_000),
-        "2048",
         "open client connections at most; at the limit a new connection displaces "
         "the one that has gone longest without a complete request",
     ),
     Option(
         "idle_timeout",
         _seconds(0.1, 86_400),
-        "75",
         "close a connection that has sent nothing for this long, seconds "
         "(longer than a load balancer's own idle timeout)",
     ),
     Option(
         "receive_timeout",
         _seconds(0.1, 86_400),
-        "30",
         "how long a client may take to send one request (line, headers and body) "
         "from its first byte, seconds; then 408 and the connection is closed",
     ),
-    Option("max_body_bytes", _integer(1, 1 << 30), "1048576", "request body limit (413)"),
-    Option("max_batch", _integer(1, 10_000_000), "10000", "measurements per request (413)"),
-    Option("max_sensor_id", _integer(1, 65_536), "256", "characters per sensor id"),
+    Option("max_body_bytes", _integer(1, 1 << 30), "request body limit (413)"),
+    Option("max_batch", _integer(1, 10_000_000), "measurements per request (413)"),
+    Option("max_sensor_id", _integer(1, 65_536), "characters per sensor id"),
     Option(
         "max_sensors",
         _integer(1, 1_000_000_000),
-        "50000",
         "sensors the embedded in-memory store keeps at most (507 beyond); "
         "not used with etcd, whose quota bounds it",
     ),
     Option(
         "idempotency_ttl",
         _seconds(1, 7 * 86_400),
-        str(DEFAULT_WINDOW_SECONDS),
         "how long a POST's Idempotency-Key is remembered, seconds (see README, Capacity)",
     ),
-    Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Option("log_level", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Option(
         "log_format",
         _log_format,
-        "auto",
         "json (one object a line), text, or auto: JSON unless stdout is a terminal",
     ),
     Option(
         "shutdown_timeout",
         _seconds(0, 3600),
-        "20",
         "after SIGTERM, how long in-flight requests may take to finish, seconds",
     ),
     Option(
         "drain_delay",
         _seconds(0, 3600),
-        "0",
         "after SIGTERM, how long to keep serving with /healthz at 503 before "
         "closing the listener, seconds",
     ),
     Option(
         "api_tokens",
         _api_tokens,
-        "",
         "comma-separated bearer tokens (or name:token) that POST and DELETE require; "
         "unset means no token is needed (prefer the variable or the file: a command "
         "line is visible to every local user)",
@@ -355,7 +347,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "api_tokens_file",
         _api_tokens_file,
-        "",
         "file with one bearer token (or name:token) a line, re-read when it changes; "
         "instead of SENSORSTATS_API_TOKENS",
         required_if_set=True,
@@ -363,13 +354,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "read_requires_token",
         _boolean,
-        "false",
         "whether GET /statistics needs a token too (true/false)",
     ),
     Option(
         "etcd_ca_file",
         _ca_file,
-        "",
         "PEM CA certificate(s) that sign etcd's server certificates (https:// endpoints); "
         "unset means the system's CAs",
         required_if_set=True,
@@ -377,26 +366,37 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "etcd_cert_file",
         _pem_file("CERTIFICATE"),
-        "",
         "PEM client certificate for etcd's --client-cert-auth",
         required_if_set=True,
     ),
     Option(
         "etcd_key_file",
         _pem_file("PRIVATE KEY"),
-        "",
         "PEM private key of the client certificate (unencrypted)",
         required_if_set=True,
     ),
-    Option("etcd_user", _user, "", "etcd user to authenticate as", required_if_set=True),
+    Option("etcd_user", _user, "etcd user to authenticate as", required_if_set=True),
     Option(
         "etcd_password_file",
         _password_file,
-        "",
         "file holding the etcd user's password (trailing line breaks are ignored)",
         required_if_set=True,
     ),
 )
+
+
+_SETTINGS_DEFAULTS: dict[str, Any] = {field.name: field.default for field in fields(Settings)}
+
+
+def _as_text(value: Any) -> str:
+    """A default as the text that means it: "" for none, "true"/"false", "2" for 2.0."""
+    if value is None or value == ():
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _named(name: str) -> str:
