@@ -28,7 +28,7 @@ from waitress.utilities import (
     ServerNotImplemented,
 )
 
-from sensorstats.server.connections import problem_response
+from sensorstats.server.answers import problem_response
 from tests.service import ROOT, Service, read_response, start_service
 
 PROBE_BOUND_SECONDS = 2.0

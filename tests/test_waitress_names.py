@@ -22,14 +22,11 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
-from sensorstats.server import connections, serving
-from sensorstats.server.connections import (
-    Channel,
-    ConnectionServer,
-    KeepAliveTask,
-    Parser,
-    ProblemErrorTask,
-)
+from sensorstats.server import limits, serving
+from sensorstats.server.channel import Channel
+from sensorstats.server.listener import ConnectionServer
+from sensorstats.server.parser import Parser
+from sensorstats.server.tasks import KeepAliveTask, ProblemErrorTask
 
 # Ours → the waitress class it narrows, and the waitress methods it overrides.
 OVERRIDES: dict[type, tuple[type, set[str]]] = {
@@ -162,7 +159,7 @@ def test_each_override_is_of_a_waitress_method_with_the_same_signature(ours: typ
 @pytest.fixture
 def server() -> Iterator[ConnectionServer]:
     adjustments = Adjustments(host="127.0.0.1", port=0)
-    policy = connections.ConnectionPolicy(
+    policy = limits.ConnectionPolicy(
         connection_limit=10,
         idle_timeout=1.0,
         receive_timeout=1.0,
@@ -177,7 +174,7 @@ def server() -> Iterator[ConnectionServer]:
         adj=adjustments,
         sockinfo=adjustments.listen[0],
         policy=policy,
-        budget=connections.ReceiveBudget(policy.receive_budget),
+        budget=limits.ReceiveBudget(policy.receive_budget),
     )
     try:
         yield listener

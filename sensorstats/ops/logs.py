@@ -31,7 +31,7 @@ QUEUE_LOGGER = "waitress.queue"
 UNAVAILABLE_LOGGER = "sensorstats.unavailable"
 # One warning per connection displaced or refused at the connection limit:
 # a flood exactly when someone opens connections by the thousand.
-CONNECTIONS_LOGGER = "sensorstats.server.connections"
+CONNECTIONS_LOGGER = "sensorstats.server.listener"
 SUMMARISED_LOGGERS = (QUEUE_LOGGER, UNAVAILABLE_LOGGER, CONNECTIONS_LOGGER)
 REPORT_INTERVAL_SECONDS = 10.0
 

@@ -1,6 +1,6 @@
 """Whether this instance should receive traffic: store reachable, not draining.
 
-`/healthz` is answered on the server's event loop (see `connections`), so
+`/healthz` is answered on the server's event loop (see `sensorstats.server`), so
 asking for readiness must never wait on the store. Once `start` is called, a
 background thread checks the store every `ttl` seconds and `status` only
 reads the last result. An answer older than `stale_after` means the check

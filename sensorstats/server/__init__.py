@@ -1,9 +1,63 @@
 """Serving the app with waitress: the only package that imports waitress.
 
-- `connections`: waitress's server, channel, parser and tasks, narrowed where
-  needed (limits, deadlines, probes and early store calls on the loop,
-  problem documents, lingering close);
-- `serving`: the event loop the instance runs itself, and the drain on SIGTERM.
+Its modules: `limits` (what connections live under), `answers` (the
+server's own problem documents), `parser`, `tasks`, `channel` and
+`listener` (waitress's classes, each narrowed where needed), `serving`
+(the event loop's turn and the drain on SIGTERM).
+
+Waitress reads and writes every connection on one event loop and runs the
+application in a pool of worker threads. What it does not do by itself, and
+where this module does it (each time the narrowest hook waitress offers):
+
+- **Limits** (`ConnectionServer`). Waitress stops accepting at its
+  connection limit, so a few hundred idle or slow clients lock out every
+  other, probes included. Here the listener always accepts; at the limit a
+  new connection displaces the open one that has gone longest without a
+  complete request (idle keep-alive, slowloris or lingering), and only if
+  every connection has a request in progress is the newcomer closed at once.
+  Connections are accepted in batches: waitress takes one per turn of its
+  loop, and each turn visits every connection.
+  Idle connections close after `idle_timeout`; a request whose line, headers
+  and body take longer than `receive_timeout` from its first byte is
+  answered 408 (waitress has only the idle timeout, which a slowloris client
+  resets with every byte). Request bodies in flight share a `ReceiveBudget`:
+  a body the budget cannot cover gets a 503 before it is read, so memory and
+  the temporary directory stay bounded however many clients upload at once.
+- **Probes on the loop** (`ConnectionServer.add_task`). ``GET`` and ``HEAD``
+  of `PROBE_PATHS` are answered on the event loop itself, never queued
+  behind worker threads held by slow requests; their handlers must not block
+  (`/healthz` reads a cached readiness). So are waitress's own error answers.
+  What one connection gets served on the loop is bounded per turn
+  (`INLINE_REQUESTS_PER_TURN`, `INLINE_OUTPUT_LIMIT`): pipelined requests
+  beyond it wait for a later turn, and for the client to read what it was
+  sent, so one client can neither stall the loop nor grow its output without
+  bound. Waitress's wait for a channel's output to drain below its high-water
+  mark never runs on the loop, which is the thread that would drain it.
+- **Store calls started early** (`ConnectionServer.add_task`,
+  `KeepAliveTask`). A request the app's `EarlyCalls` starts a call for
+  (``GET /statistics/{id}``, a small ``POST /data``) has it started on the
+  loop, and once the call is settled the request is served on the loop too,
+  like a probe, with the call in its environ: the app takes the outcome and
+  never blocks (see `sensorstats.web.early`). No worker thread waits for
+  etcd or is woken for these requests at all.
+- **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
+  heads and bodies, timeouts: RFC 9457 documents, not waitress's text/plain.
+- **Lingering close** (`Channel`). After an error answer the client may
+  still be sending; closing with unread data makes the kernel send a reset
+  that can destroy the answer in flight. The channel shuts down its sending
+  side and discards what arrives for at most `LINGER_SECONDS` or
+  `LINGER_BYTES`, then closes.
+- **Expect: 100-continue** (`Channel.send_continue`). A request refused on
+  its head (a declared length over the limit) gets its answer without a
+  ``100 Continue`` first, so the client never uploads the body.
+- **Bare LF** (`Parser`). Waitress finds the end of a head only at CRLF CRLF,
+  so a request with bare LF line endings waited for more forever; it is
+  answered 400 as soon as a bare LF shows up in the head.
+- **Keep-alive on 204** (`KeepAliveTask`). Waitress closes every HTTP/1.1
+  connection whose response has no Content-Length, 204 and 304 included,
+  which have no body to delimit; here they keep the connection open unless
+  the client asked to close. While the instance drains, every response
+  closes its connection, so keep-alive clients move to other instances.
 """
 
 from sensorstats.server.serving import Server, ensure_descriptors

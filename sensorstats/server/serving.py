@@ -13,7 +13,7 @@ container runtime, also as PID 1, or SIGINT) drains the instance:
 
 From SIGTERM on, every response closes its connection, so keep-alive
 clients move to other instances. How connections themselves are handled
-(limits, timeouts, probes on the loop, error answers) is in `connections`.
+(limits, timeouts, probes on the loop, error answers) is in the package docstring.
 """
 
 from __future__ import annotations
@@ -36,12 +36,8 @@ from waitress.task import ThreadedTaskDispatcher
 from sensorstats.ops.logs import FIELDS
 from sensorstats.ops.metrics import Metrics
 from sensorstats.ops.readiness import Readiness
-from sensorstats.server.connections import (
-    HEADER_LIMIT_BYTES,
-    ConnectionPolicy,
-    ConnectionServer,
-    ReceiveBudget,
-)
+from sensorstats.server.limits import HEADER_LIMIT_BYTES, ConnectionPolicy, ReceiveBudget
+from sensorstats.server.listener import ConnectionServer
 from sensorstats.settings import Settings, SettingsError
 from sensorstats.web.early import EarlyCalls
 from sensorstats.web.telemetry import RequestTelemetry

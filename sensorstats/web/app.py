@@ -29,8 +29,14 @@ from sensorstats.web.resources import (
 from sensorstats.web.telemetry import RequestTelemetry
 
 ROUTES = (DATA_PATH, STATISTICS_PREFIX + "{sensor_id:path}", "/healthz", "/livez")
+HEALTH_ROUTE, LIVE_ROUTE = ROUTES[2:]
 # For operators and client authors: never behind a token, never asking the store.
 METRICS_ROUTE = "/metrics"
+# GET and HEAD of these are answered on the server's event loop, never queued
+# behind busy workers: their responders never block (/healthz reads a
+# cached readiness, /metrics only counters). A scrape must answer when the
+# workers are all busy, which is when its numbers matter most.
+LOOP_PATHS = frozenset({HEALTH_ROUTE, LIVE_ROUTE, METRICS_ROUTE})
 OPENAPI_ROUTE = "/openapi.json"
 # The request target "*" (RFC 9110 §7.1), which only OPTIONS may use.
 ASTERISK = r"^\*$"

@@ -11,6 +11,7 @@ from typing import Any
 import falcon
 
 from sensorstats.core.tokens import REALM, TokenSource
+from sensorstats.web import problems
 from sensorstats.web.early import started_call
 from sensorstats.web.problems import Problem
 
@@ -96,7 +97,7 @@ class BearerAuth:
 def _unauthorized(detail: str, challenge: str) -> Problem:
     return Problem(
         falcon.HTTP_401,
-        type_uri="urn:sensorstats:problem:unauthorized",
+        type_uri=problems.UNAUTHORIZED,
         title="Unauthorized",
         detail=detail,
         headers={"WWW-Authenticate": challenge},

@@ -88,6 +88,18 @@ def _default_detail(req: falcon.Request, status: int) -> str:
     return HTTPStatus(status).description
 
 
+def problem_type(name: str) -> str:
+    """The URI of one of this service's problem types."""
+    return f"urn:sensorstats:problem:{name}"
+
+
+# The problem types answered outside the error handlers below.
+NOT_READY = problem_type("not-ready")
+UNAUTHORIZED = problem_type("unauthorized")
+PAYLOAD_TOO_LARGE = problem_type("payload-too-large")
+SERVER_BUSY = problem_type("server-busy")
+
+
 @dataclass(frozen=True, slots=True)
 class _Kind:
     """How one known error type becomes a problem document."""
@@ -135,7 +147,7 @@ def _handler(kind: _Kind) -> Callable[[falcon.Request, falcon.Response, Any, Any
             )
         raise Problem(
             kind.status,
-            type_uri=f"urn:sensorstats:problem:{kind.name}",
+            type_uri=problem_type(kind.name),
             title=kind.title,
             detail=error.detail,
             headers=kind.headers(error),

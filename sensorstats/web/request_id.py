@@ -18,9 +18,8 @@ import secrets
 
 HEADER = "X-Request-ID"
 MAX_LENGTH = 128
-# WSGI's and waitress's spelling of the header.
+# WSGI's spelling of the header.
 ENVIRON_KEY = "HTTP_X_REQUEST_ID"
-WAITRESS_KEY = "X_REQUEST_ID"
 
 _SANE = re.compile(rf"[\x21-\x7e]{{1,{MAX_LENGTH}}}")
 

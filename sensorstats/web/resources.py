@@ -13,6 +13,7 @@ from sensorstats.ops.metrics import Metrics
 from sensorstats.ops.readiness import Readiness
 from sensorstats.store import Store
 from sensorstats.store.calls import StartedRead, StartedWrite
+from sensorstats.web import problems
 from sensorstats.web.auth import client_identity
 from sensorstats.web.early import STATISTICS_PREFIX, prepare_post, sensor_of_path, started_call
 from sensorstats.web.problems import Problem
@@ -139,7 +140,7 @@ class HealthResource(Resource):
             return
         raise Problem(
             falcon.HTTP_503,
-            type_uri="urn:sensorstats:problem:not-ready",
+            type_uri=problems.NOT_READY,
             title="Not ready",
             detail=reason,
             headers={"Retry-After": "1"},

@@ -4,13 +4,13 @@
 ``process_request`` runs before anything can refuse the request and its
 ``process_response`` runs last, after error handlers, with the final status.
 It also hears about the answers waitress gives by itself (malformed HTTP,
-timeouts, oversized heads; see `connections`) through `server_answered`.
+timeouts, oversized heads; see `sensorstats.server.answers`) through `server_answered`.
 
 The access line, one per request, at INFO on the ``sensorstats.access``
 logger: method, route template, path (as sent, percent-encoding kept),
 status, duration, body bytes in and out, client address, user agent and the
 request id. A request's duration runs from the moment the server had all of
-it (`RECEIVED_AT`, set by `connections`) to its answer: the wait for a
+it (`RECEIVED_AT`, set by `sensorstats.server.tasks`) to its answer: the wait for a
 worker thread, or for a store call started ahead (`sensorstats.store.ahead`),
 counts, as the client sees it.
 """
@@ -21,13 +21,12 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 import falcon
 
 from sensorstats.ops.logs import ACCESS_LOGGER, FIELDS, REQUEST_ID
 from sensorstats.ops.metrics import UNMATCHED, Metrics, method_label
-from sensorstats.web.request_id import HEADER, WAITRESS_KEY, request_id_for
+from sensorstats.web.request_id import HEADER, request_id_for
 
 DATA_ROUTE = "/data"
 # The WSGI environ key holding when the server had the whole request (monotonic).
@@ -123,21 +122,25 @@ class RequestTelemetry:
         return route
 
     def server_answered(
-        self, request: Any, status: int, sent: int, client: str | None, started: float | None
+        self,
+        *,
+        sent_id: str | None,
+        user_agent: str | None,
+        method: str,
+        path: str,
+        status: int,
+        sent: int,
+        client: str | None,
+        started: float | None,
     ) -> str:
-        """Waitress answered `request` itself with `status`; returns the id to echo.
+        """The server answered a request itself with `status`; returns the id to echo.
 
-        `request` is waitress's parsed request: for a head refused before it
-        was parsed, a stand-in without the client's headers.
+        `sent_id` and `user_agent` are the client's headers, if it sent them;
+        `method` and `path` are "-" for a head refused before its request
+        line was read.
         """
-        headers = getattr(request, "headers", None) or {}
-        request_id = request_id_for(headers.get(WAITRESS_KEY))
+        request_id = request_id_for(sent_id)
         seconds = 0.0 if started is None else time.monotonic() - started
-        if getattr(request, "stand_in", False):
-            method = path = "-"  # refused before its request line was read
-        else:
-            method = getattr(request, "command", None) or "-"
-            path = getattr(request, "request_uri", None) or "-"
         self._metrics.request_answered(method_label(method), UNMATCHED, status, seconds, 0, sent)
         if status == 413 and method == "POST" and path.split("?", 1)[0] == DATA_ROUTE:
             # A batch refused on its declared length is as rejected as one the app refused.
@@ -158,7 +161,7 @@ class RequestTelemetry:
                     "bytes_in": 0,
                     "bytes_out": sent,
                     "client": client,
-                    "user_agent": headers.get("USER_AGENT"),
+                    "user_agent": user_agent,
                 },
                 "request_id": request_id,
             },

@@ -1,0 +1,95 @@
+"""Waitress's tasks: keep-alive on bodiless answers, the started call in the environ, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waitress.task import ErrorTask, WSGITask
+
+from sensorstats.server.answers import problem_response
+from sensorstats.web.early import STARTED_CALL
+from sensorstats.web.request_id import HEADER as REQUEST_ID_HEADER
+from sensorstats.web.request_id import request_id_for
+from sensorstats.web.telemetry import RECEIVED_AT, RequestTelemetry
+
+# How waitress names the request id header in a parsed request's headers.
+WAITRESS_REQUEST_ID = REQUEST_ID_HEADER.upper().replace("-", "_")
+
+
+def _asks_to_close(request: Any) -> bool:
+    tokens = request.headers.get("CONNECTION", "").lower().split(",")
+    return "close" in (token.strip() for token in tokens)
+
+
+class KeepAliveTask(WSGITask):  # type: ignore[misc]  # waitress is untyped
+    """Waitress's WSGI task; a bodiless HTTP/1.1 response keeps the connection."""
+
+    _bodiless_keep_alive = False
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[RECEIVED_AT] = getattr(self.request, "completed_at", None)
+        call = getattr(self.request, "started_call", None)
+        if call is not None:
+            environ[STARTED_CALL] = call  # the resource takes its outcome
+        return environ
+
+    def build_response_header(self) -> bytes:
+        if getattr(self.channel.server, "draining", False):
+            self.set_close_on_finish()
+        # Waitress closes after any response without Content-Length, so that
+        # the end of the body is the end of the connection. A 204 or 304 has
+        # no body (and must not carry Content-Length), so nothing needs
+        # delimiting: keep the connection unless the client asked to close.
+        self._bodiless_keep_alive = (
+            self.version == "1.1"
+            and not self.has_body
+            and not self.close_on_finish
+            and not _asks_to_close(self.request)
+        )
+        try:
+            header: bytes = super().build_response_header()
+            return header
+        finally:
+            self._bodiless_keep_alive = False
+
+    def set_close_on_finish(self) -> None:
+        if not self._bodiless_keep_alive:
+            super().set_close_on_finish()
+
+
+class ProblemErrorTask(ErrorTask):  # type: ignore[misc]  # waitress is untyped
+    """Waitress's error answers as problem documents; the connection then lingers and closes."""
+
+    def execute(self) -> None:
+        status, headers, body = problem_response(self.request.error, self.channel.adj)
+        self.status = status
+        self.response_headers.extend(headers)
+        # HEAD: the same headers, no body (waitress would send it).
+        if getattr(self.request, "command", "") == "HEAD":
+            body = b""
+        self.response_headers.append((REQUEST_ID_HEADER, self._request_id(len(body))))
+        self.set_close_on_finish()
+        self.channel.linger_wanted = True
+        self.content_length = len(body)
+        self.write(body)
+
+    def _request_id(self, sent: int) -> str:
+        """The id to echo; the access line and the metrics hear of the answer."""
+        request = self.request
+        sent_id = request.headers.get(WAITRESS_REQUEST_ID)
+        telemetry: RequestTelemetry | None = self.channel.server.telemetry
+        if telemetry is None:
+            return request_id_for(sent_id)
+        refused_unread = getattr(request, "stand_in", False)  # no request line was read
+        return telemetry.server_answered(
+            sent_id=sent_id,
+            user_agent=request.headers.get("USER_AGENT"),
+            # A head refused as malformed may lack either.
+            method="-" if refused_unread else getattr(request, "command", None) or "-",
+            path="-" if refused_unread else getattr(request, "request_uri", None) or "-",
+            status=request.error.code,
+            sent=sent,
+            client=self.channel.addr[0] if self.channel.addr else None,
+            started=getattr(request, "started_at", None),
+        )
