@@ -9,7 +9,7 @@
 #
 # BASE_IMAGE exists for builders that cannot pull it: any Debian-based image
 # with `python` (3.11+) and `pip` (22.3+, for `pip --python`) on PATH will do
-# (`docker build --build-arg BASE_IMAGE=...`); tests/image_check.py builds on
+# (`docker build --build-arg BASE_IMAGE=...`); tests/tools/image_check.py builds on
 # such a stand-in. Both stages use it: the venv links to its interpreter.
 ARG BASE_IMAGE=python:3.12.12-slim-bookworm
 
