@@ -2,7 +2,7 @@
 
 Built from the settings, so the limits it states (batch size, sensor id
 length, body size) and whether tokens are needed are this instance's own.
-`tests/test_openapi.py` holds it against the app both ways: every route,
+`tests/unit/web/test_openapi.py` holds it against the app both ways: every route,
 method and status the app answers is here, and everything here is answered.
 
 Statuses come from two places. The app answers those of each operation.
