@@ -27,6 +27,7 @@ from tests.support.etcd_process import (
     etcd_settings,
     start_etcd,
 )
+from tests.support.examples import QUICK, QUICK_EXAMPLES
 
 # Hypothesis profiles. CI (`CI` set, as `missing` reads it) runs more
 # examples, the same ones every run (derandomized: a red build is never luck
@@ -48,6 +49,9 @@ hypothesis.settings.register_profile(
     suppress_health_check=[hypothesis.HealthCheck.too_slow],
 )
 hypothesis.settings.register_profile("dev", _defaults, print_blob=True)
+# The loop of a few seconds (`--hypothesis-profile=quick`, tests/README.md):
+# every property runs, on a few examples (`tests.support.examples`).
+hypothesis.settings.register_profile(QUICK, _defaults, max_examples=QUICK_EXAMPLES, print_blob=True)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 

@@ -23,6 +23,9 @@ Scenarios (names for --only):
                     at once (two wrk processes, 8 connections each)
     contention      16 clients posting to one sensor through both etcd
                     instances for 8 s (two wrk processes, 8 connections each)
+    tokens          post1-distinct and post1-hot on a third etcd instance that
+                    requires a bearer token (SENSORSTATS_API_TOKENS), every
+                    POST carrying it; compared with the instance without
     footprint       1,000,000 measurements over 10,000 sensors into the memory
                     and the etcd instance, then their resident memory (VmRSS)
 
@@ -33,7 +36,7 @@ posts, the bench reads the checked sensor back and compares its count with
 the 2xx answers. Time to ready (spawn to the first /healthz 204) is measured
 for every instance.
 
-Prints one markdown table, every non-2xx answer, and the goals of issue 7
+Prints one markdown table, every non-2xx answer, and the performance goals
 with PASS or FAIL. The numbers are reported, not judged: the exit status is 0
 whatever they are, 1 if the bench itself failed (a run or a server broke, the
 time limit passed), 2 if it could not set up, 130 if interrupted (Ctrl-C), 143 if
@@ -111,7 +114,7 @@ FOOTPRINT_TIMEOUT = 300.0
 
 SAMPLE_TIMESTAMP = "2021-11-09T21:38:09+01:00"
 
-# The goals of issue 7.
+# The performance goals.
 FLOOR_RATIO_GOAL = 0.5
 HOT_RATIO_GOAL = 0.9
 MEMORY_POST1000_GOAL = 0.6
@@ -150,12 +153,25 @@ POST1000 = Scenario("post1000", "batch", 1000, 20, "0")
 GET = Scenario("get", "get", 0, 0)
 SINGLE_SCENARIOS = (POST1_DISTINCT, POST1_HOT, POST1000, GET)
 TWO_INSTANCE_SCENARIOS = (POST1_DISTINCT, POST1_HOT)
+TOKEN_SCENARIOS = (POST1_DISTINCT, POST1_HOT)
 TWO_INSTANCES = "two-instances"
 CONTENTION = "contention"
+TOKENS = "tokens"
 FOOTPRINT = "footprint"
-ALL_NAMES = (*(s.name for s in SINGLE_SCENARIOS), TWO_INSTANCES, CONTENTION, FOOTPRINT)
+ALL_NAMES = (
+    *(s.name for s in SINGLE_SCENARIOS),
+    TWO_INSTANCES,
+    CONTENTION,
+    TOKENS,
+    FOOTPRINT,
+)
 
 FLOOR, MEMORY, ETCD, ETCD_PAIR = "floor", "memory", "etcd", "etcd x2"
+ETCD_TOKENS = "etcd tokens"
+# The bearer token the tokens instance requires and the wrk script sends.
+BENCH_TOKEN = secrets.token_hex(16)
+# Writes with a token checked against writes without, in the same round.
+TOKENS_RATIO_GOAL = 0.9
 SINGLE_TARGETS = (FLOOR, MEMORY, ETCD)
 
 
@@ -286,9 +302,13 @@ def start_floor(processes: Processes) -> Server:
     return start_server(processes, FLOOR, argv, port, clean_environment())
 
 
-def start_instance(processes: Processes, name: str, etcd_url: str | None) -> Server:
+def start_instance(
+    processes: Processes, name: str, etcd_url: str | None, token: str | None = None
+) -> Server:
     (port,) = free_ports(1)
     env = clean_environment()
+    if token is not None:
+        env["SENSORSTATS_API_TOKENS"] = f"bench:{token}"
     if etcd_url is not None:
         env["SENSORSTATS_ETCD_ENDPOINTS"] = etcd_url
     else:
@@ -417,9 +437,14 @@ class Wrk:
     runs: int = 0
 
     def run(
-        self, targets: Sequence[tuple[int, str]], mode: str, seconds: int, connections: int
+        self,
+        targets: Sequence[tuple[int, str]],
+        mode: str,
+        seconds: int,
+        connections: int,
+        token: str | None = None,
     ) -> list[WrkResult]:
-        """One wrk process per (port, prefix), all at once, for `seconds`."""
+        """One wrk process per (port, prefix), all at once, for `seconds`; POSTs carry `token`."""
         self.runs += 1
         started = []
         for i, (port, prefix) in enumerate(targets):
@@ -435,6 +460,7 @@ class Wrk:
                 "--",
                 mode,
                 prefix,
+                *([token] if token else []),
             ]
             started.append(self.processes.start(f"wrk-{self.runs:03d}-{i}-{mode}", argv))
         results = []
@@ -527,6 +553,7 @@ class Bench:
     memory: Server
     etcd: Server
     etcd_second: Server
+    etcd_tokens: Server
     duration: int
     results: Results
 
@@ -537,7 +564,7 @@ class Bench:
                 raise BenchFailed(f"{process.name} exited during the bench:\n{process.log_tail()}")
 
     def servers(self) -> list[Server]:
-        return [self.floor, self.memory, self.etcd, self.etcd_second]
+        return [self.floor, self.memory, self.etcd, self.etcd_second, self.etcd_tokens]
 
     def ports(self, target: str) -> list[int]:
         servers = {
@@ -545,6 +572,7 @@ class Bench:
             MEMORY: [self.memory],
             ETCD: [self.etcd],
             ETCD_PAIR: [self.etcd, self.etcd_second],
+            ETCD_TOKENS: [self.etcd_tokens],
         }[target]
         return [s.port for s in servers]
 
@@ -562,6 +590,7 @@ class Bench:
             scenario.mode,
             self.duration,
             CONNECTIONS // len(ports),
+            BENCH_TOKEN if target == ETCD_TOKENS else None,
         )
         result = WrkResult.merge(results)
         check = ""
@@ -815,6 +844,13 @@ def render_table(
         for target in SINGLE_TARGETS:
             if row := scenario_row(runs, scenario, target):
                 lines.append(row)
+    for scenario in TOKEN_SCENARIOS:
+        if row := scenario_row(runs, scenario.name, ETCD_TOKENS):
+            lines.append(row)
+        with_tokens = ratios(runs, scenario.name, ETCD_TOKENS, (scenario.name, ETCD))
+        if with_tokens:
+            ratio = f"{median(with_tokens):.2f}"
+            lines.append(extra_row(f"{scenario.name}: tokens / none", ETCD, ratio=ratio))
     hot = ratios(runs, POST1_HOT.name, ETCD, (POST1_DISTINCT.name, ETCD))
     if hot:
         lines.append(extra_row("hot / distinct", ETCD, ratio=f"{median(hot):.2f}"))
@@ -886,6 +922,14 @@ def throughput_goals(runs: Sequence[Run]) -> list[Goal]:
             MEMORY_POST1000_GOAL,
         )
     )
+    found += [
+        ratio_goal(
+            f"{scenario.name} with tokens >= {TOKENS_RATIO_GOAL} x without, on etcd",
+            ratios(runs, scenario.name, ETCD_TOKENS, (scenario.name, ETCD)),
+            TOKENS_RATIO_GOAL,
+        )
+        for scenario in TOKEN_SCENARIOS
+    ]
     found += [
         ratio_goal(
             f"{scenario.name}: two instances on one etcd >= one",
@@ -963,7 +1007,7 @@ def resource_goals(footprints: Sequence[Footprint], ready: Sequence[Server]) -> 
 def goals(
     runs: Sequence[Run], footprints: Sequence[Footprint], ready: Sequence[Server]
 ) -> list[Goal]:
-    """The goals of issue 7, each with what this run measured."""
+    """The performance goals, each with what this run measured."""
     return [
         *throughput_goals(runs),
         *answer_goals(runs),
@@ -975,7 +1019,7 @@ def goals(
 def render_goals(found: Sequence[Goal]) -> str:
     verdict = {True: "PASS", False: "FAIL", None: "n/a "}
     lines = [f"  {verdict[g.passed]}  {g.text}: {g.measured}" for g in found]
-    return "Goals of issue 7 (reported, not enforced):\n" + "\n".join(lines)
+    return "Performance goals (reported, not enforced):\n" + "\n".join(lines)
 
 
 # --- the bench ---------------------------------------------------------------------------
@@ -1007,7 +1051,7 @@ class Options:
 
 def parse_options(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
-        description="Benchmark sensorstats against a bare falcon + waitress floor (issue 7).",
+        description="Benchmark sensorstats against a bare falcon + waitress floor.",
         epilog=f"Scenario names: {', '.join(ALL_NAMES)}.",
     )
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
@@ -1039,7 +1083,8 @@ def run_bench(processes: Processes, wrk_binary: str, options: Options, results: 
     etcd = start_instance(processes, ETCD, etcd_url)
     etcd_rss = rss_mb(etcd.process.pid)
     etcd_second = start_instance(processes, "etcd-2", etcd_url)
-    results.ready += [memory, etcd, etcd_second]
+    etcd_tokens = start_instance(processes, ETCD_TOKENS, etcd_url, BENCH_TOKEN)
+    results.ready += [memory, etcd, etcd_second, etcd_tokens]
     bench = Bench(
         Wrk(wrk_binary, processes),
         etcd_process,
@@ -1047,6 +1092,7 @@ def run_bench(processes: Processes, wrk_binary: str, options: Options, results: 
         memory,
         etcd,
         etcd_second,
+        etcd_tokens,
         options.duration,
         results,
     )
@@ -1062,6 +1108,9 @@ def run_bench(processes: Processes, wrk_binary: str, options: Options, results: 
         if options.wants(TWO_INSTANCES):
             for scenario in TWO_INSTANCE_SCENARIOS:
                 bench.run(scenario, ETCD_PAIR, round_number)
+        if options.wants(TOKENS):
+            for scenario in TOKEN_SCENARIOS:
+                bench.run(scenario, ETCD_TOKENS, round_number)
     if options.wants(CONTENTION):
         bench.contention()
 

@@ -1,7 +1,7 @@
 -- wrk script of tests/tools/bench.py: builds each scenario's requests, counts the
 -- answers per thread, and prints one line "BENCH-RESULT {json}" from done().
 --
---   wrk -t1 -c16 -d5s --timeout 10s --latency -s tests/tools/bench_wrk.lua URL -- MODE PREFIX
+--   wrk -t1 -c16 -d5s --timeout 10s --latency -s tests/tools/bench_wrk.lua URL -- MODE PREFIX [TOKEN]
 --
 -- MODE is one of
 --   distinct  POST /data, 1 measurement, a fresh sensor PREFIX-<n> each request
@@ -10,7 +10,8 @@
 --             (20 each; PREFIX-0 is the one the driver checks)
 --   get       GET /statistics/PREFIX-get (the driver creates that sensor first)
 -- PREFIX must be URL- and JSON-safe ([A-Za-z0-9-]); the driver makes a fresh
--- one per run, so runs never share sensors.
+-- one per run, so runs never share sensors. With TOKEN, every POST carries
+-- "Authorization: Bearer TOKEN".
 
 -- The answers' counts and the JSON of done(), shared with the other wrk script.
 local answers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "wrk_answers.lua")
@@ -26,12 +27,16 @@ local function measurement(sensor, value)
 end
 
 local function post(body)
-   return wrk.format("POST", "/data", { ["Content-Type"] = "application/json" }, body)
+   local headers = { ["Content-Type"] = "application/json" }
+   if token ~= nil then
+      headers["Authorization"] = "Bearer " .. token
+   end
+   return wrk.format("POST", "/data", headers, body)
 end
 
 function init(args)
    -- args[0] is the URL; the script's own arguments follow.
-   mode, prefix = args[1], args[2]
+   mode, prefix, token = args[1], args[2], args[3]
    if prefix == nil or not prefix:match("^[%w%-]+$") then
       error("usage: -- MODE PREFIX, with PREFIX made of [A-Za-z0-9-]")
    end

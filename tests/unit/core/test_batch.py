@@ -27,6 +27,7 @@ from sensorstats.core.batch import (
 )
 from sensorstats.core.errors import FieldError, InvalidBatch, PayloadTooLarge
 from sensorstats.core.stats import EMPTY, Stats, Timestamp
+from tests.support.examples import examples
 
 GOOD = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}
 DEFAULT_LIMITS = Limits()
@@ -401,7 +402,7 @@ def merged(results: list[dict[str, Stats]]) -> dict[str, Stats]:
 
 
 @given(items, st.data())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_statistics_do_not_depend_on_order_or_on_how_a_batch_is_split(measurements, data):
     whole = parse_batch(body(*measurements), Limits())
     shuffled = data.draw(st.permutations(measurements))
@@ -945,7 +946,7 @@ limits_any = st.builds(
     documents(st.lists(st.one_of(items(MIXED_FIELDS, others=False), any_items), max_size=12)),
     limits_any,
 )
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 def test_any_body_is_read_exactly_as_before(data, limits):
     assert_same_as_oracle(data, limits)
 
@@ -957,7 +958,7 @@ def test_any_body_is_read_exactly_as_before(data, limits):
         whitespace=json_whitespace,
     )
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_valid_plain_batches_take_the_fast_path_and_read_exactly_as_before(data):
     assert _parse_plain_batch(data, DEFAULT_LIMITS) is not None
     assert_same_as_oracle(data)
@@ -982,7 +983,7 @@ def device_batches(draw: st.DrawFn) -> bytes:
 
 
 @given(device_batches())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_device_batches_take_the_fast_path_and_read_exactly_as_before(data):
     assert _parse_plain_batch(data, DEFAULT_LIMITS) is not None
     assert_same_as_oracle(data)

@@ -28,6 +28,7 @@ from sensorstats.core.stats import (
     instant_of,
     order_as_text,
 )
+from tests.support.examples import examples
 
 # The greatest integer `float()` accepts: it rounds down to the greatest double.
 # One more, 2**1024 - 2**970, is the halfway point and rounds up to infinity.
@@ -149,13 +150,13 @@ any_stats = st.one_of(st.just(EMPTY), stats_values)
 
 
 @given(st.lists(any_values, min_size=1, max_size=40))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_mean_is_the_exact_mean_rounded_once(values):
     assert Stats.of(values, Timestamp.parse("2021-01-01T00:00:00Z")).mean == oracle_mean(values)
 
 
 @given(st.lists(any_values, min_size=1, max_size=40))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_mean_of_merged_single_measurements_is_exact(values):
     stats = fold([one(v, "2021-01-01T00:00:00Z") for v in values])
     assert stats.mean == oracle_mean(values)
@@ -207,7 +208,7 @@ def test_as_json_serves_count_mean_and_timestamp_text():
 
 
 @given(st.lists(any_values, max_size=40))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_exact_sum_is_the_exact_normalised_sum(values):
     mantissa, exponent = exact_sum(values)
     assert Fraction(mantissa) * Fraction(2) ** exponent == sum(map(Fraction, values))
@@ -224,7 +225,7 @@ doubles = st.one_of(
 
 
 @given(st.lists(doubles, max_size=40))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_exact_double_sum_is_exact_sum(values):
     assert exact_double_sum(values) == exact_sum(values)
 
@@ -255,7 +256,7 @@ def test_exact_double_sum_examples(values):
 
 
 @given(st.lists(measurements, min_size=1, max_size=30), st.data())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_statistics_do_not_depend_on_order_batching_or_merge_shape(items, data):
     one_by_one = fold([one(v, t) for v, t in items])
     shuffled = data.draw(st.permutations(items))
@@ -267,19 +268,19 @@ def test_statistics_do_not_depend_on_order_batching_or_merge_shape(items, data):
 
 
 @given(any_stats, any_stats)
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_merge_is_commutative(a, b):
     assert a.merge(b) == b.merge(a)
 
 
 @given(any_stats, any_stats, any_stats)
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_merge_is_associative(a, b, c):
     assert a.merge(b).merge(c) == a.merge(b.merge(c))
 
 
 @given(any_stats)
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_empty_is_the_identity_of_merge(a):
     assert a.merge(EMPTY) == a
     assert EMPTY.merge(a) == a
@@ -299,7 +300,7 @@ def test_sums_that_cancel_merge_like_any_other():
 
 
 @given(st.lists(measurements, min_size=1, max_size=30), st.data())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_last_measurement_is_the_latest_instant_whatever_the_arrival_order(items, data):
     latest = max((t for _, t in items), key=sort_key)
     shuffled = data.draw(st.permutations(items))
@@ -335,7 +336,7 @@ def test_equal_instants_written_differently_resolve_to_the_greater_text():
 
 
 @given(timestamps())
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 def test_instants_follow_utc_time(text):
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
@@ -400,14 +401,14 @@ def by_timestamp(texts: list[str]) -> list[str]:
 
 
 @given(one_layout_timestamps() | st.lists(any_timestamps, max_size=8))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_texts_said_to_order_as_timestamps_do(texts):
     if order_as_text(texts):
         assert sorted(texts) == by_timestamp(texts)
 
 
 @given(one_layout_timestamps())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_a_devices_timestamps_order_as_text(texts):
     assert order_as_text(texts)
     assert sorted(texts) == by_timestamp(texts)
@@ -465,7 +466,7 @@ LONGEST_TIMESTAMP = "2021-11-09\U0001f60021:38:09." + "9" * 38 + "+01:00"
 
 
 @given(any_stats.filter(lambda s: s.count > 0))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_records_round_trip(stats):
     assert Stats.decode(stats.encode()) == stats
 
@@ -478,7 +479,7 @@ def test_a_typical_sensors_record_is_small():
 
 
 @given(st.lists(readings, min_size=1, max_size=50))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_records_of_everyday_readings_are_small(values):
     thousand = (values * 1000)[:1000]
     record = Stats.of(thousand, Timestamp.parse("2021-11-09T21:38:09.123+01:00")).encode()
@@ -502,7 +503,7 @@ def grow(base: Stats, times: int) -> Stats:
 
 
 @given(adversarial, st.integers(0, 62))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_records_stay_bounded_for_adversarial_values(values, doublings):
     stats = grow(Stats.of(values, Timestamp.parse(LONGEST_TIMESTAMP)), doublings)
     record = stats.encode()

@@ -49,6 +49,7 @@ from sensorstats.store.etcd.store import EtcdStore
 from sensorstats.store.memory import MemoryStore
 from sensorstats.web.app import create_app
 from tests.support.etcd_process import EtcdProcess, etcd_settings
+from tests.support.examples import examples
 
 # Few sensors, so that rules keep meeting the same ones. Ids that are
 # prefixes of each other, contain "/" or characters a URL must encode.
@@ -494,4 +495,4 @@ def test_two_instances_on_etcd_answer_as_the_model(etcd: EtcdProcess) -> None:
         return ServiceMachine(stores, concurrent_reads=True)
 
     # The etcd variant is slower: a modest number of examples in every profile.
-    run(machine, max_examples=15, stateful_step_count=20)
+    run(machine, max_examples=examples(15), stateful_step_count=20)

@@ -38,6 +38,7 @@ from sensorstats.store.memory import MemoryStore
 from sensorstats.web.app import create_app
 from sensorstats.web.openapi import SERVER_STATUSES, openapi_document
 from tests.support.etcd_process import EtcdProcess
+from tests.support.examples import examples
 from tests.support.service import Service, read_response, start_service
 from tests.unit.web.test_app import SAMPLE, FailingStore, measurement
 
@@ -410,7 +411,7 @@ def run_schemathesis(service: Service, workdir: Path, max_examples: int) -> str:
 
 def test_schemathesis_on_the_embedded_store(tmp_path):
     with start_service(log_dir=tmp_path) as service:
-        output = run_schemathesis(service, tmp_path, max_examples=15)
+        output = run_schemathesis(service, tmp_path, max_examples=examples(15))
         log = service.log()
     assert "17 selected / 17 total" in output
     # Nothing the fuzzer sent made the service fail unexpectedly.
@@ -422,6 +423,6 @@ def test_schemathesis_on_etcd(etcd: EtcdProcess, etcd_prefix: str, tmp_path: Pat
         env={"SENSORSTATS_ETCD_ENDPOINTS": etcd.url, "SENSORSTATS_ETCD_PREFIX": etcd_prefix},
         log_dir=tmp_path,
     ) as service:
-        run_schemathesis(service, tmp_path, max_examples=8)
+        run_schemathesis(service, tmp_path, max_examples=examples(8))
         log = service.log()
     assert '"level": "ERROR"' not in log
