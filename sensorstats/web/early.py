@@ -148,6 +148,9 @@ class EarlyCalls:
     def _start_write(self, request: ReceivedRequest, ready: Ready) -> StartedWrite | None:
         if request.body_length > min(self._max_body_bytes, EARLY_WRITE_MAX_BYTES):
             return None
+        # Admitted first: a client the app would refuse costs no parse on the loop.
+        if not self._admitted(request):
+            return None
         header = _header_lookup(request.headers)
         try:
             post = prepare_post(header, request.body(), self._limits, self._max_body_bytes)
@@ -155,8 +158,6 @@ class EarlyCalls:
             return None
         if post.client_key is not None or not post.deltas:
             return None  # keyed (a worker scopes and fingerprints it), or nothing to write
-        if not self._admitted(request):
-            return None
         return self._store.start_apply(post.deltas, ready)
 
     def _admitted(self, request: ReceivedRequest) -> bool:
