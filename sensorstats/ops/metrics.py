@@ -41,7 +41,17 @@ from sensorstats.ops.readiness import Readiness
 from sensorstats.store import Store
 from sensorstats.store.breaker import CLOSED, CircuitOpen
 from sensorstats.store.calls import Ready, StartedCall, StartedRead, StartedWrite
-from sensorstats.store.events import STORE_EVENTS
+from sensorstats.store.events import (
+    APPLIED,
+    COMMITTED,
+    CONFLICT,
+    FAILED,
+    MARKER_FOUND,
+    NOT_APPLIED,
+    STORE_EVENTS,
+    UNKNOWN,
+)
+from sensorstats.store.events import REJECTED as WRITE_REJECTED
 
 # Request latency: a GET on the embedded store takes well under a
 # millisecond, a POST on etcd a few, a request waiting out an outage up to
@@ -207,6 +217,14 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        # Every outcome is served from the start, at 0: a series that first
+        # appears at 1 shows Prometheus no increase, and the first write with
+        # its outcome unknown would never alert.
+        for outcome in (COMMITTED, CONFLICT, MARKER_FOUND, FAILED):
+            for attempt in ("first", "retry"):
+                self._write_attempts.labels(outcome, attempt)
+        for outcome in (APPLIED, NOT_APPLIED, UNKNOWN, WRITE_REJECTED):
+            self._writes.labels(outcome)
         self._writes_per_transaction = Histogram(
             "sensorstats_etcd_writes_per_transaction",
             "Request chunks sharing one transaction (group commit).",
