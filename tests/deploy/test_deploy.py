@@ -201,7 +201,7 @@ def test_the_secure_overlay_needs_its_secrets_made_first(tmp_path: Path) -> None
 def test_yaml_files_pass_yamllint() -> None:
     command = _python_module("yamllint")
     args = ["--strict", "-c", str(YAMLLINT_CONFIG), "kube/sensorstats.yaml", "kube/base/"]
-    args += ["kube/edge/", "kube/secure/", "kube/persistent/", ".yamllint"]
+    args += ["kube/edge/", "kube/secure/", "kube/persistent/", "kube/monitoring/", ".yamllint"]
     result = _run([*command, *args])
     assert result.returncode == 0, result.stdout + result.stderr
 
