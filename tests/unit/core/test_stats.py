@@ -23,6 +23,7 @@ from sensorstats.core.stats import (
     MAX_TIMESTAMP_LENGTH,
     Stats,
     Timestamp,
+    UnknownRecordVersion,
     exact_double_sum,
     exact_sum,
     instant_of,
@@ -547,3 +548,15 @@ def test_decode_rejects_records_it_did_not_write(record):
 def test_records_keep_non_ascii_timestamps_readable():
     stats = one(1, "2021-11-09\u00e921:38:09")
     assert json.loads(stats.encode())[-1] == "2021-11-09\u00e921:38:09"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b'[9,1,"1",0,"2021-11-09T21:38:09Z"]', b'[9,{"count":1,"min":0}]', b"[2]"],
+)
+def test_a_record_of_a_newer_version_is_told_apart_whatever_its_shape(record):
+    # A newer release may add fields or change their layout: only the version is read.
+    with pytest.raises(UnknownRecordVersion) as raised:
+        Stats.decode(record)
+    assert raised.value.version == json.loads(record)[0]
+    assert "cannot read" in str(raised.value)
