@@ -86,7 +86,8 @@ def test_a_large_batch_that_failed_midway_is_completed_by_its_retry(
     batch = {f"s{i:02d}": measured(i) for i in range(30)}
     with pytest.raises(StoreUnavailable) as raised:
         store.apply(batch, keyed("big", batch))
-    assert "the first 1 (7 of 30 sensors) were applied" in raised.value.detail
+    # Keyed, 8 operations hold 3 sensors: each with its marker, and two guards.
+    assert "the first 1 (3 of 30 sensors) were applied" in raised.value.detail
     assert "same Idempotency-Key applies exactly the rest" in raised.value.detail
     store.apply(batch, keyed("big", batch))  # the retry
     store.apply(batch, keyed("big", batch))  # and a late duplicate
@@ -123,3 +124,21 @@ def test_a_key_is_forgotten_after_the_window(
             time.sleep(0.2)
     store.apply(batch, keyed("short", batch))  # a new request after the window
     assert store.get("w") == measured(1, 1)
+
+
+def test_a_replay_through_instances_that_chunk_differently_counts_every_sensor_once(
+    make_store: Callable[..., EtcdStore],
+) -> None:
+    """The reproduced defect: 128 ops, then 64, then 16 for one keyed batch of 200 sensors.
+
+    Chunked by the instance that serves it, the batch meets markers written by
+    attempts that chunked it otherwise: coarser (128 then 64), finer (16 then
+    128) and alike; every sensor must count exactly once.
+    """
+    coarse, middle, fine = (make_store(max_txn_ops=ops) for ops in (128, 64, 16))
+    batch = {f"s{i:03d}": measured(i) for i in range(200)}
+    for store in (coarse, coarse, middle, fine, coarse, middle):
+        store.apply(batch, keyed("batch-42", batch))
+    counts = [coarse.get(sensor).count for sensor in batch]
+    assert sum(counts) == 200, sum(counts)
+    assert [fine.get(sensor) for sensor in batch] == list(batch.values())
