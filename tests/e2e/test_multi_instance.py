@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import etcd3
 import pytest
 
 from tests.support.etcd_process import EtcdProcess
@@ -243,3 +244,30 @@ def test_keyed_replays_across_instances_that_chunk_differently_count_every_senso
             thread.join()
         assert answers == [204] * 6
         assert total() == 400
+
+
+def test_a_record_of_a_newer_release_is_503_with_a_clear_detail_and_left_as_it_is(
+    etcd: EtcdProcess, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """During a rolling upgrade, as an instance of the older release meets a newer record."""
+    key = f"{etcd_prefix}sensors/newer"
+    newer = b'[9,2,"3",0,"2021-11-09T21:38:09Z",{"min":1,"max":2}]'
+    raw = etcd3.client(host="127.0.0.1", port=etcd.client_port, timeout=5)
+    try:
+        raw.put(key, newer)
+        with start_service(etcd_env(etcd, etcd_prefix), log_dir=tmp_path) as service:
+            item = {"sensor": "newer", "timestamp": "2021-11-09T21:38:10Z", "value": 1}
+            for answer in (
+                service.post("/data", [item]),
+                service.post("/data", [item], headers={"Idempotency-Key": "newer-1"}),
+                service.get(statistics_path("newer")),
+            ):
+                assert_problem(answer, 503, "store-unavailable")
+                assert answer.json["detail"] == (
+                    "the record of sensor 'newer' has version 9, which this release cannot "
+                    "read; upgrade every instance to the release that wrote it (the record "
+                    "is left as it is)"
+                )
+        assert raw.get(key)[0] == newer
+    finally:
+        raw.close()

@@ -11,11 +11,14 @@ from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.idempotency import IdempotencyKey, IdempotencyKeyReused, fingerprint
 from sensorstats.core.stats import Stats
 from sensorstats.store.etcd.client import EtcdClient
+from sensorstats.store.etcd.keyed import legacy_fingerprint
+from sensorstats.store.etcd.keys import sensor_key
 from sensorstats.store.etcd.store import EtcdStore
 from tests.integration.test_etcd_combining import merged, run_threads
 from tests.integration.test_etcd_store import (
     ScriptedClient,
     endpoints,
+    lose_answer,
     make_store,
     measured,
     raw_client,
@@ -142,3 +145,143 @@ def test_a_replay_through_instances_that_chunk_differently_counts_every_sensor_o
     counts = [coarse.get(sensor).count for sensor in batch]
     assert sum(counts) == 200, sum(counts)
     assert [fine.get(sensor) for sensor in batch] == list(batch.values())
+
+
+def wide(n: int, value: float = 1.0) -> dict[str, Stats]:
+    return {f"s{i:03d}": measured(value + i) for i in range(n)}
+
+
+def test_a_changed_last_chunk_after_a_partial_first_attempt_is_refused_and_stores_nothing(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    """The first attempt applied its first transaction only; the retry carries another payload."""
+    partial = make_store(ScriptedClient(endpoints(etcd), faults=[None, refuse]))
+    batch = wide(200)
+    with pytest.raises(StoreUnavailable, match="the first 1 \\(63 of 200 sensors\\)"):
+        partial.apply(batch, keyed("k", batch))
+    changed = {**batch, "s199": measured(1000)}
+    for ops in (128, 64, 16):
+        with pytest.raises(IdempotencyKeyReused, match="nothing of this request was stored"):
+            make_store(max_txn_ops=ops).apply(changed, keyed("k", changed))
+    reader = make_store()
+    assert sum(reader.get(sensor).count for sensor in batch) == 63
+    make_store(max_txn_ops=16).apply(batch, keyed("k", batch))  # the true retry completes it
+    assert [reader.get(sensor) for sensor in batch] == list(batch.values())
+
+
+def test_a_keyed_attempt_whose_answer_was_lost_is_found_applied_by_its_sensor_markers(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    client = ScriptedClient(endpoints(etcd), faults=[None, lose_answer])
+    store = make_store(client, max_txn_ops=16)
+    batch = wide(20)
+    store.apply(batch, keyed("lost", batch))  # the lost commit is found within the attempt
+    make_store(max_txn_ops=64).apply(batch, keyed("lost", batch))
+    assert [store.get(sensor) for sensor in batch] == list(batch.values())
+
+
+def test_concurrent_copies_through_instances_that_split_differently_count_once(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess
+) -> None:
+    instances = [make_store(EtcdClient(endpoints(etcd)), max_txn_ops=ops) for ops in (128, 64, 16)]
+    batch = wide(150)
+
+    def post(thread: int) -> None:
+        instances[thread % 3].apply(batch, keyed("hedged", batch))
+
+    assert run_threads(6, post) == []
+    assert [instances[0].get(sensor) for sensor in batch] == list(batch.values())
+
+
+def test_markers_are_per_sensor_and_one_per_key(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    """What a keyed POST leaves in etcd for the window: one marker per sensor and the key's."""
+    batch = wide(70)
+    key = keyed("count-me", batch)
+    make_store(max_txn_ops=16).apply(batch, key)
+    with raw_client(etcd) as raw:
+        markers = {
+            meta.key.decode(): value for value, meta in raw.get_prefix(etcd_prefix + "keys/")
+        }
+    base = f"{etcd_prefix}keys/{key.digest}"
+    assert markers == {
+        base: key.fingerprint.encode(),
+        **{f"{base}/sensors/{sensor}": key.fingerprint.encode() for sensor in batch},
+    }
+
+
+# --- markers of the previous release ------------------------------------------
+
+
+def write_as_the_previous_release(
+    etcd: EtcdProcess, prefix: str, batch: dict[str, Stats], key: IdempotencyKey, chunks: int
+) -> None:
+    """What the previous release left after applying the first `chunks` chunks of 127.
+
+    Its markers were keys/<digest>/<chunk> holding `legacy_fingerprint`.
+    """
+    sensors = sorted(batch, key=lambda s: sensor_key(prefix, s))
+    with raw_client(etcd) as raw:
+        lease = raw.lease(600)
+        for chunk in range(chunks):
+            for sensor in sensors[chunk * 127 : (chunk + 1) * 127]:
+                raw.put(sensor_key(prefix, sensor), batch[sensor].encode())
+            raw.put(
+                f"{prefix}keys/{key.digest}/{chunk}",
+                legacy_fingerprint(batch).encode(),
+                lease=lease,
+            )
+
+
+def test_a_retry_of_a_request_the_previous_release_applied_in_part_counts_once(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    batch = wide(300)
+    key = keyed("upgrade", batch)
+    write_as_the_previous_release(etcd, etcd_prefix, batch, key, chunks=1)
+    store = make_store()  # the default 128 operations, as the previous release had
+    store.apply(batch, key)
+    store.apply(batch, key)
+    assert [store.get(sensor) for sensor in batch] == list(batch.values())
+    changed = {**batch, "s000": measured(-1)}
+    with pytest.raises(IdempotencyKeyReused):
+        store.apply(changed, keyed("upgrade", changed))
+
+
+def test_a_request_the_previous_release_split_otherwise_is_refused_not_guessed(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    """Its chunk 2 proves it split more finely than this instance would: 503, nothing stored."""
+    batch = wide(200)
+    key = keyed("finer", batch)
+    write_as_the_previous_release(etcd, etcd_prefix, batch, key, chunks=1)
+    with raw_client(etcd) as raw:
+        raw.put(f"{etcd_prefix}keys/{key.digest}/2", legacy_fingerprint(batch).encode())
+    store = make_store()
+    with pytest.raises(StoreUnavailable, match="previous release that split the batch"):
+        store.apply(batch, key)
+    assert sum(store.get(sensor).count for sensor in batch) == 127
+
+
+# --- a record of a newer release ---------------------------------------------
+
+
+def test_a_record_of_a_newer_version_is_503_and_never_overwritten(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    newer = b'[9,2,"3",0,"2021-11-09T21:38:09Z",{"min":1,"max":2}]'
+    with raw_client(etcd) as raw:
+        raw.put(sensor_key(etcd_prefix, "newer"), newer)
+    store = make_store()
+    detail = (
+        "the record of sensor 'newer' has version 9, which this release cannot read; "
+        "upgrade every instance"
+    )
+    for batch, key in (({"newer": measured(1)}, None), (wide(3) | {"newer": measured(1)}, "k9")):
+        with pytest.raises(StoreUnavailable, match=detail):
+            store.apply(batch, None if key is None else keyed(key, batch))
+    with pytest.raises(StoreUnavailable, match=detail):
+        store.get("newer")
+    with raw_client(etcd) as raw:
+        assert raw.get(sensor_key(etcd_prefix, "newer"))[0] == newer
