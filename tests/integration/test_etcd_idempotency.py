@@ -285,3 +285,62 @@ def test_a_record_of_a_newer_version_is_503_and_never_overwritten(
         store.get("newer")
     with raw_client(etcd) as raw:
         assert raw.get(sensor_key(etcd_prefix, "newer"))[0] == newer
+
+
+# --- the end of the window, during a request ---------------------------------
+
+
+def before(action: Callable[[], object]) -> Callable[[Callable[[], object]], object]:
+    """A fault that does `action` behind the store's back, then lets the call through."""
+
+    def fault(call: Callable[[], object]) -> object:
+        action()
+        return call()
+
+    return fault
+
+
+def test_a_key_marker_that_expires_between_two_chunks_is_written_again(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    batch = wide(10)
+    key = keyed("expiring", batch)
+    with raw_client(etcd) as raw:
+        expire = before(lambda: raw.delete(f"{etcd_prefix}keys/{key.digest}"))
+        store = make_store(ScriptedClient(endpoints(etcd), faults=[None, expire]), max_txn_ops=8)
+        store.apply(batch, key)
+        assert raw.get(f"{etcd_prefix}keys/{key.digest}")[0] == key.fingerprint.encode()
+    assert [store.get(sensor) for sensor in batch] == list(batch.values())
+
+
+def test_another_payload_taking_the_key_between_two_chunks_is_422_saying_what_stayed(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    """The one way a mismatch meets a request after its first chunk: the window ended."""
+    batch = wide(10)
+    key = keyed("taken", batch)
+    with raw_client(etcd) as raw:
+        taken = before(lambda: raw.put(f"{etcd_prefix}keys/{key.digest}", b"another payload"))
+        store = make_store(ScriptedClient(endpoints(etcd), faults=[None, taken]), max_txn_ops=8)
+        with pytest.raises(IdempotencyKeyReused) as raised:
+            store.apply(batch, key)
+    assert "the first 1 (3 of 10 sensors) were applied and stay applied" in raised.value.detail
+    assert "nothing of the rest was stored" in raised.value.detail
+    assert sum(store.get(sensor).count for sensor in batch) == 3
+
+
+def test_a_sensor_marker_of_another_payload_refuses_the_request(
+    make_store: Callable[..., EtcdStore], etcd: EtcdProcess, etcd_prefix: str
+) -> None:
+    """Left by another payload whose key marker expired a lease earlier: 422, nothing stored."""
+    batch = wide(5)
+    key = keyed("skewed", batch)
+    with raw_client(etcd) as raw:
+        marker = (
+            f"{etcd_prefix}keys/{key.digest}/{sensor_key(etcd_prefix, 's004')[len(etcd_prefix) :]}"
+        )
+        raw.put(marker, b"another payload")
+    store = make_store()
+    with pytest.raises(IdempotencyKeyReused, match="nothing of this request was stored"):
+        store.apply(batch, key)
+    assert sum(store.get(sensor).count for sensor in batch) == 0

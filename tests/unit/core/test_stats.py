@@ -532,6 +532,7 @@ def test_the_extreme_record_is_within_the_bound():
         pytest.param(b"5", id="number"),
         pytest.param(b'{"count": 1}', id="object"),
         pytest.param(b'[2,1,"1",0,"2021-11-09T21:38:09Z"]', id="future-version"),
+        pytest.param(b'["1",1,"1",0,"2021-11-09T21:38:09Z"]', id="version-not-an-integer"),
         pytest.param(b'[1,1,"1",0,"2021-11-09T21:38:09Z",0]', id="extra-field"),
         pytest.param(b'[1,1,"xyz",0,"2021-11-09T21:38:09Z"]', id="mantissa-not-hex"),
         pytest.param(b'[1,1,"1",0,"yesterday"]', id="timestamp-not-iso"),

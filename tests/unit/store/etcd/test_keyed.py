@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sensorstats.core.batch import Limits, parse_batch
 from sensorstats.core.idempotency import fingerprint
+from sensorstats.core.stats import EMPTY
 from sensorstats.store.etcd.keyed import keyed_chunk_sensors, legacy_fingerprint
 from sensorstats.store.etcd.keys import (
     key_marker_key,
@@ -24,6 +25,7 @@ def test_the_previous_release_fingerprint_is_what_it_wrote() -> None:
     # Computed by the previous release's `idempotency.fingerprint` for this batch.
     assert legacy_fingerprint(deltas) == "211a127a667463e7cbf07aebfadbb18f"
     assert legacy_fingerprint(deltas) != fingerprint(deltas)
+    assert legacy_fingerprint({**deltas, "empty": EMPTY}) == legacy_fingerprint(deltas)
 
 
 def test_a_keyed_chunk_leaves_room_for_each_marker_and_both_guards() -> None:
