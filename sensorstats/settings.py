@@ -277,7 +277,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("etcd_timeout", _seconds(0.05, 60), "timeout of one etcd call, seconds"),
     Option(
         "etcd_max_txn_ops",
-        _integer(2, 1_000_000),
+        # 4: a keyed chunk's one sensor, its marker and two guards (store/etcd/keyed.py).
+        _integer(4, 1_000_000),
         "operations etcd allows per transaction (its --max-txn-ops); "
         "batches touching more sensors are split",
     ),

@@ -5,16 +5,28 @@ string (``"abc"``) or, as Stripe-style clients send it, a bare token. The
 same key with the same payload is applied once, however often and through
 whichever instance it arrives; the same key with another payload is refused.
 
-The payload's fingerprint is a hash of the *parsed* batch, its per-sensor
-statistics (`Stats.encode`): whitespace, key order and the order of items do
-not change it. Two payloads with the same fingerprint have exactly the same
-effect on every sensor, so answering one as the replay of the other can
-never make a statistic differ from what the client meant.
+The payload's fingerprint is a hash of what the *parsed* batch means, not
+of how anything stores it: per sensor, in sorted order, its id, the number
+of measurements, their exact sum written as a decimal (every finite double
+is a dyadic rational, whose decimal expansion is finite), and the latest
+timestamp's instant and original text (`canonical_form`). Whitespace, key
+order and the order of items do not change it, and neither does a change of
+the statistics record (`Stats.encode`): a keyed retry that crosses a rolling
+upgrade of the record keeps its fingerprint. Two payloads with the same
+fingerprint have exactly the same effect on every sensor, so answering one
+as the replay of the other can never make a statistic differ from what the
+client meant. `tests/unit/core/test_idempotency.py` pins the digest of a
+literal batch: changing the canonical form changes every fingerprint, and
+every keyed retry across that upgrade would be refused with 422.
+
+How a store remembers a key and its fingerprint is the store's design: the
+embedded one in a dict, the etcd one in markers (`store/etcd/keyed.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,13 +96,46 @@ def parse_key_header(value: str) -> str:
 
 def fingerprint(deltas: Mapping[str, Stats]) -> str:
     """The fingerprint of a parsed batch: the same for batches with the same effect."""
-    digest = hashlib.sha256()
+    return hashlib.sha256(canonical_form(deltas)).hexdigest()[:32]
+
+
+def canonical_form(deltas: Mapping[str, Stats]) -> bytes:
+    """What a parsed batch does, as bytes that depend on nothing else.
+
+    A JSON array, sorted by sensor id, of ``[id, count, "exact sum",
+    latest instant, "latest text"]`` for every sensor with measurements; the
+    instant in microseconds on a proleptic UTC scale (`Timestamp.instant`).
+    ASCII only: any other character, an unpaired surrogate included, is a
+    ``\\u`` escape.
+    """
+    rows = []
     for sensor in sorted(deltas):
         delta = deltas[sensor]
         if not delta.count:
             continue
-        name = sensor.encode("utf-8", "surrogatepass")
-        record = delta.encode()
-        digest.update(len(name).to_bytes(4, "big") + name)
-        digest.update(len(record).to_bytes(4, "big") + record)
-    return digest.hexdigest()[:32]
+        assert delta.latest is not None
+        rows.append(
+            [
+                sensor,
+                delta.count,
+                exact_decimal(delta.mantissa, delta.exponent),
+                delta.latest.instant,
+                delta.latest.text,
+            ]
+        )
+    return json.dumps(rows, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def exact_decimal(mantissa: int, exponent: int) -> str:
+    """``mantissa * 2**exponent`` exactly, as a decimal without superfluous zeros.
+
+    ``m / 2**k`` is ``m * 5**k / 10**k``: k digits after the point, the last
+    of them not zero when m is odd (as `Stats` keeps it).
+    """
+    if exponent >= 0:
+        return str(mantissa << exponent)
+    places = -exponent
+    digits = str(abs(mantissa) * 5**places).rjust(places + 1, "0")
+    whole, fraction = digits[:-places], digits[-places:].rstrip("0")
+    sign = "-" if mantissa < 0 else ""
+    return f"{sign}{whole}.{fraction}" if fraction else f"{sign}{whole}"

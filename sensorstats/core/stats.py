@@ -28,7 +28,12 @@ from itertools import repeat
 # any number of fractional digits; the stored record must stay bounded.
 MAX_TIMESTAMP_LENGTH = 64
 
+# The record version this release writes, and the ones it reads. A change of
+# the record is rolled out in two releases (README, "Rolling upgrades"): the
+# first reads the new version as well and still writes this one; only the
+# next writes the new one, once no instance is left that cannot read it.
 _ENCODING_VERSION = 1
+_READABLE_VERSIONS = frozenset({1})
 _MICROSECONDS_PER_DAY = 86_400_000_000
 _ONE_MICROSECOND = timedelta(microseconds=1)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -251,9 +256,22 @@ class Stats:
 
     @classmethod
     def decode(cls, data: bytes) -> Stats:
-        """Inverse of `encode`; raises ValueError for a record it did not write."""
+        """Inverse of `encode`; raises ValueError for a record it did not write.
+
+        A record of a version this release cannot read raises
+        `UnknownRecordVersion`: a newer release wrote it, and reading it as
+        an older one would drop what that release added (and a write would
+        then overwrite it without those fields).
+        """
         try:
-            version, count, mantissa, exponent, text = json.loads(data)
+            fields = json.loads(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"not a statistics record: {data[:80]!r}") from error
+        version = fields[0] if type(fields) is list and fields else None
+        if type(version) is int and version not in _READABLE_VERSIONS:
+            raise UnknownRecordVersion(version)
+        try:
+            version, count, mantissa, exponent, text = fields
         except (TypeError, ValueError) as error:
             raise ValueError(f"not a statistics record: {data[:80]!r}") from error
         if version != _ENCODING_VERSION:
@@ -267,6 +285,14 @@ class Stats:
         ):
             raise ValueError(f"malformed statistics record: {data[:80]!r}")
         return cls(count, int(mantissa, 16), exponent, Timestamp.parse(text))
+
+
+class UnknownRecordVersion(ValueError):
+    """A statistics record of a version this release does not read."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"statistics record version {version}, which this release cannot read")
+        self.version = version
 
 
 EMPTY = Stats()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -11,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import etcd3
 import pytest
 
 from tests.support.etcd_process import EtcdProcess
@@ -178,3 +180,94 @@ def test_an_etcd_outage_is_503_and_the_service_recovers_by_itself(
         # Nothing acknowledged is lost; a refused post whose outcome was unknown
         # may have landed, but at most once.
         assert acknowledged <= count <= acknowledged + unknown
+
+
+def test_keyed_replays_across_instances_that_chunk_differently_count_every_sensor_once(
+    etcd: EtcdProcess, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Instances with 128, 64 and 16 etcd operations per transaction, one keyed batch.
+
+    As an operator raising `SENSORSTATS_ETCD_MAX_TXN_OPS` rolls it out: the
+    same 200-sensor batch and key through all three, in turn and at once,
+    counts every sensor once; the key with a payload changed in its last
+    chunk is refused with 422 and stores nothing.
+    """
+    sensors = [f"wide-{i:03d}" for i in range(200)]
+    batch = [
+        {"sensor": sensor, "timestamp": f"2021-11-09T21:{i // 60:02d}:{i % 60:02d}Z", "value": i}
+        for i, sensor in enumerate(sensors)
+    ]
+
+    def total() -> int:
+        return sum(services[0].get(statistics_path(s)).json["count"] for s in sensors)
+
+    def post(service: Service, key: str, items: list[dict[str, Any]]) -> Response:
+        return service.post("/data", items, headers={"Idempotency-Key": key})
+
+    with contextlib.ExitStack() as stack:
+        services = [
+            stack.enter_context(
+                start_service(
+                    etcd_env(etcd, etcd_prefix, SENSORSTATS_ETCD_MAX_TXN_OPS=str(ops)),
+                    log_dir=tmp_path,
+                )
+            )
+            for ops in (128, 64, 16)
+        ]
+        coarse, middle, fine = services
+        for service in (coarse, coarse, middle, fine, middle, coarse):
+            assert post(service, "batch-42", batch).status == 204
+            assert total() == 200
+        expected = oracle(batch[-1:])
+        assert fine.get(statistics_path(sensors[-1])).json == expected
+
+        changed = [*batch[:-1], {**batch[-1], "value": 1000}]
+        for service in services:
+            refused = post(service, "batch-42", changed)
+            assert refused.status == 422
+            assert refused.headers["content-type"] == PROBLEM_JSON
+        assert total() == 200
+        assert coarse.get(statistics_path(sensors[-1])).json == expected
+
+        # Concurrent copies of a fresh keyed batch through all three at once.
+        answers: list[int] = []
+        barrier = threading.Barrier(6)
+
+        def send(service: Service) -> None:
+            barrier.wait(10)
+            answers.append(post(service, "batch-43", batch).status)
+
+        threads = [threading.Thread(target=send, args=(s,)) for s in services * 2]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == [204] * 6
+        assert total() == 400
+
+
+def test_a_record_of_a_newer_release_is_503_with_a_clear_detail_and_left_as_it_is(
+    etcd: EtcdProcess, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """During a rolling upgrade, as an instance of the older release meets a newer record."""
+    key = f"{etcd_prefix}sensors/newer"
+    newer = b'[9,2,"3",0,"2021-11-09T21:38:09Z",{"min":1,"max":2}]'
+    raw = etcd3.client(host="127.0.0.1", port=etcd.client_port, timeout=5)
+    try:
+        raw.put(key, newer)
+        with start_service(etcd_env(etcd, etcd_prefix), log_dir=tmp_path) as service:
+            item = {"sensor": "newer", "timestamp": "2021-11-09T21:38:10Z", "value": 1}
+            for answer in (
+                service.post("/data", [item]),
+                service.post("/data", [item], headers={"Idempotency-Key": "newer-1"}),
+                service.get(statistics_path("newer")),
+            ):
+                assert_problem(answer, 503, "store-unavailable")
+                assert answer.json["detail"] == (
+                    "the record of sensor 'newer' has version 9, which this release cannot "
+                    "read; upgrade every instance to the release that wrote it (the record "
+                    "is left as it is)"
+                )
+        assert raw.get(key)[0] == newer
+    finally:
+        raw.close()

@@ -7,8 +7,10 @@ instances: ``a`` talks to the members directly, ``b`` through one loopback
 TCP proxy per member (`tests/tools/tcp_proxy.py`) that this script controls.
 Writer threads post batches, each with a fresh ``Idempotency-Key``, and
 retry every failure (connection errors, 5xx, timeouts) with the same key and
-payload, alternating instances, until it is acknowledged; some batches touch
-more than 127 sensors, so the service splits them into several transactions,
+payload, alternating instances, until it is acknowledged; ``a`` runs with
+the default ``SENSORSTATS_ETCD_MAX_TXN_OPS`` (128) and ``b`` with 48, so a
+retry through the other instance is split into other transactions; some
+batches touch 130 to 260 sensors, so the service splits them into several,
 and some are sent to both instances at once (a hedged request: concurrent
 duplicates). Reader threads read statistics meanwhile. A nemesis, in turn:
 SIGKILLs the etcd leader and restarts it; SIGSTOPs the (new) leader for
@@ -72,6 +74,8 @@ PAUSE_SECONDS = 5.0
 INSTANCE_DOWN = 1.5
 CUT_SECONDS = 5.0
 STALL_SECONDS = 7.0
+# Instance b's SENSORSTATS_ETCD_MAX_TXN_OPS, as during a rolling change of it.
+B_MAX_TXN_OPS = 48
 
 
 class Cluster:
@@ -86,8 +90,14 @@ class Cluster:
         ]
         port_a, port_b = free_ports(2)
         self.a = Instance("a", port_a, [m.url for m in self.members], directory)
+        # Unlike a's default 128: a keyed retry through the other instance is
+        # split otherwise (keyed chunks of 63 and 23 sensors, see README).
         self.b = Instance(
-            "b", port_b, [f"http://127.0.0.1:{p.port}" for p in self.proxies], directory
+            "b",
+            port_b,
+            [f"http://127.0.0.1:{p.port}" for p in self.proxies],
+            directory,
+            SENSORSTATS_ETCD_MAX_TXN_OPS=str(B_MAX_TXN_OPS),
         )
         self.instances = [self.a, self.b]
 

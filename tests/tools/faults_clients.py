@@ -34,7 +34,8 @@ WRITER_PAUSE = (0.01, 0.04)  # seconds between a writer's batches: bounded load
 READER_PAUSE = (0.005, 0.02)
 HOT_SENSORS = [f"hot-{i}" for i in range(10)] + ["room 1/temp", "ü/%2F?#"]
 WIDE_SENSORS = [f"wide-{i:03d}" for i in range(300)]
-LARGE_SHARE = 0.15  # of batches, touching 130 to 260 sensors: 2 or 3 transactions
+# Of batches, touching 130 to 260 sensors: keyed, 3 to 5 transactions on a, 6 to 12 on b.
+LARGE_SHARE = 0.15
 HEDGED_SHARE = 0.05  # of small batches, sent to both instances at once
 # The service's write deadline is 5 s (SENSORSTATS_WRITE_TIMEOUT); a client
 # that waits longer sees the service's own answer rather than its timeout.

@@ -207,6 +207,7 @@ BAD_VALUES = [
     pytest.param("etcd_prefix", "", id="etcd-prefix-empty"),
     pytest.param("etcd_prefix", "/sensorstats", id="etcd-prefix-without-slash"),
     pytest.param("etcd_max_txn_ops", "1", id="etcd-max-txn-ops-no-room-for-marker"),
+    pytest.param("etcd_max_txn_ops", "3", id="etcd-max-txn-ops-no-room-for-a-keyed-sensor"),
     pytest.param("etcd_endpoints", "ftp://x:1", id="endpoint-ftp"),
     pytest.param("etcd_endpoints", "host-without-port", id="endpoint-without-port"),
     pytest.param("etcd_endpoints", "a:1,,b:2", id="endpoint-empty-entry"),

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.store.etcd.gathering import Gathering
+from sensorstats.store.etcd.keyed import KeyedRequest
 from sensorstats.store.etcd.txn import Update, key_cost, marker_cost
 
 # An attempt that cannot be given this long is not sent: it could only time
@@ -98,22 +99,28 @@ class WakeUp:
 
 @dataclass(eq=False)
 class PendingWrite:
-    """One chunk of one request: its updates, its marker and, once known, its outcome."""
+    """One chunk of one request: its updates, its markers and, once known, its outcome.
+
+    Unkeyed, its one marker is `marker`, unique to this request. Keyed, `marker`
+    is the request's key marker and `keyed` adds one marker per sensor and
+    the guards (see `keyed`); the markers then live for the idempotency window.
+    """
 
     updates: Sequence[Update]
     marker: str
     deadline: float
-    # What the marker holds: the payload's fingerprint for a keyed request,
-    # so that a retry with another payload is told apart; else nothing.
-    fingerprint: bytes = b""
-    remember: bool = False  # keyed: the marker lives for the idempotency window
+    keyed: KeyedRequest | None = None
     sent: bool = False  # taken into a batch; only the batch decides it from then on
     done: bool = False
     error: Exception | None = None
     keys: frozenset[str] = field(init=False)
+    markers: frozenset[str] = field(init=False)
     # Keys no other write may have in flight at the same time: the sensors,
-    # and the marker, which two copies of a keyed request share.
+    # and the markers, which two copies of a keyed request share.
     exclusive: frozenset[str] = field(init=False)
+    # Operations per list of a transaction beyond the sensor keys, and their bytes.
+    marker_ops: int = field(init=False)
+    marker_size: int = field(init=False)
     ops: int = field(init=False)
     size: int = field(init=False)
     # Called to wake the writer's thread: its outcome is known, or it may lead.
@@ -123,9 +130,17 @@ class PendingWrite:
 
     def __post_init__(self) -> None:
         self.keys = frozenset(update.key for update in self.updates)
-        self.exclusive = self.keys | {self.marker}
-        self.ops = len(self.keys) + 1  # the marker takes one operation
-        self.size = sum(key_cost(key) for key in self.keys) + marker_cost(self.marker)
+        markers = {self.marker}
+        if self.keyed is not None:
+            markers |= {self.keyed.sensor_marker(key) for key in self.keys}
+        self.markers = frozenset(markers)
+        self.exclusive = self.keys | self.markers
+        # Each marker takes one operation; a keyed write's range guard one more.
+        guards = 0 if self.keyed is None else 1
+        self.marker_ops = len(self.markers) + guards
+        self.marker_size = sum(map(marker_cost, self.markers)) + guards * marker_cost(self.marker)
+        self.ops = len(self.keys) + self.marker_ops
+        self.size = sum(key_cost(key) for key in self.keys) + self.marker_size
 
     def succeed(self) -> None:
         self.done = True
@@ -322,15 +337,17 @@ class WriteCombiner:
         for candidate in self._queue:
             if candidate.deadline - now < MIN_ATTEMPT_SECONDS:
                 continue  # its own thread fails it as not sent
-            if not candidate.exclusive.isdisjoint(self._busy) or candidate.marker in keys:
+            if not candidate.exclusive.isdisjoint(self._busy) or not candidate.markers.isdisjoint(
+                keys
+            ):
                 continue
             new_keys = candidate.keys - keys
-            extra_ops = len(new_keys) + 1
-            extra_size = sum(key_cost(k) for k in new_keys) + marker_cost(candidate.marker)
+            extra_ops = len(new_keys) + candidate.marker_ops
+            extra_size = sum(key_cost(k) for k in new_keys) + candidate.marker_size
             if batch and (ops + extra_ops > self._max_ops or size + extra_size > self._max_bytes):
                 continue
             batch.append(candidate)
-            keys |= new_keys | {candidate.marker}
+            keys |= new_keys | candidate.markers
             ops += extra_ops
             size += extra_size
         if not batch:

@@ -1,7 +1,8 @@
 """The etcd store: statistics in an etcd cluster shared by every instance.
 
 Layout (see `etcd_keys`): one key per sensor, ``<prefix>sensors/<quoted id>``,
-holding `Stats.encode()`, and one request marker per chunk of a POST.
+holding `Stats.encode()`, one request marker per chunk of a POST, and with
+an Idempotency-Key one marker per sensor and one per key (`keyed`).
 
 The store is assembled from parts that each do one job:
 
@@ -20,7 +21,9 @@ The store is assembled from parts that each do one job:
 Atomicity: etcd allows ``--max-txn-ops`` (128) operations per list of a
 transaction, and a request at most ``--max-request-bytes`` (1.5 MiB). A batch
 that needs more is split into chunks of at most ``max_txn_ops - 1`` sensors
-(the marker takes one operation) and about 1 MiB, in sorted key order (two
+(the marker takes one operation), ``(max_txn_ops - 2) // 2`` with an
+Idempotency-Key (a marker per sensor and two guards, see `keyed`), and
+about 1 MiB, in sorted key order (two
 instances updating overlapping large batches take the keys in the same order
 and cannot starve each other). Each chunk is atomic; the batch as a whole is
 not: a reader may see some chunks before others, and when a later chunk
@@ -39,20 +42,27 @@ from typing import Any
 import etcd3.etcdrpc as rpc
 
 from sensorstats.core.errors import StoreUnavailable
-from sensorstats.core.idempotency import DEFAULT_WINDOW_SECONDS, IdempotencyKey
+from sensorstats.core.idempotency import (
+    DEFAULT_WINDOW_SECONDS,
+    IdempotencyKey,
+    IdempotencyKeyReused,
+)
 from sensorstats.core.stats import Stats
 from sensorstats.settings import Settings
 from sensorstats.store.calls import Ready, StartedRead, StartedWrite
 from sensorstats.store.etcd.cache import SeenCache
 from sensorstats.store.etcd.client import EtcdAccess, EtcdClient, EtcdFailure
 from sensorstats.store.etcd.combining import PendingWrite, WriteCombiner
-from sensorstats.store.etcd.keys import health_key, key_marker_key, marker_key, sensor_key
+from sensorstats.store.etcd.keyed import KeyedRequest, keyed_chunk_sensors
+from sensorstats.store.etcd.keys import health_key, marker_key, sensor_key
 from sensorstats.store.etcd.read_rounds import ReadRounds
 from sensorstats.store.etcd.txn import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
+    MIN_TXN_OPS,
     Seen,
     Update,
+    marker_cost,
     read_answer,
     read_txn,
     seen_of,
@@ -87,8 +97,11 @@ class EtcdStore:
         max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
         idempotency_ttl: float = DEFAULT_WINDOW_SECONDS,
     ) -> None:
-        if max_txn_ops < 2:
-            raise ValueError("max_txn_ops must leave room for a sensor and the marker")
+        if max_txn_ops < MIN_TXN_OPS:
+            raise ValueError(
+                "max_txn_ops must leave room for a sensor, its marker and a keyed "
+                f"request's two guards: at least {MIN_TXN_OPS}"
+            )
         self.starts_calls = True
         self.description = (
             f"etcd at {','.join(str(e) for e in client.endpoints)} under prefix {prefix!r}"
@@ -98,6 +111,7 @@ class EtcdStore:
         self._call_timeout = call_timeout
         self._write_timeout = write_timeout
         self._chunk_sensors = max_txn_ops - 1
+        self._keyed_chunk_sensors = keyed_chunk_sensors(max_txn_ops)
         self._cache = SeenCache(cache_size)
         self._instance = secrets.token_hex(8)
         self._sequence = itertools.count()
@@ -135,24 +149,48 @@ class EtcdStore:
     def apply(self, deltas: Mapping[str, Stats], key: IdempotencyKey | None = None) -> None:
         """Merge `deltas`, one chunk after the other, each in a shared transaction.
 
-        With an idempotency `key`, each chunk's marker derives from the key
-        and holds the payload's fingerprint: a chunk whose marker exists is
-        not applied again, so a retry applies exactly the missing chunks.
+        With an idempotency `key`, each sensor's delta is written with a marker
+        naming the key and the sensor, and a sensor whose marker exists is not
+        applied again: a retry applies exactly the sensors no attempt applied,
+        however either attempt was split (see `keyed`).
         """
         deadline = time.monotonic() + self._write_timeout
         updates = self._updates(deltas)
-        chunks = split_batch(updates, self._chunk_sensors)
-        request_id = self._request_id()
-        for index, chunk in enumerate(chunks):
-            if key is None:
-                pending = PendingWrite(chunk, marker_key(self._prefix, request_id, index), deadline)
-            else:
-                marker = key_marker_key(self._prefix, key.digest, index)
-                pending = PendingWrite(
-                    chunk, marker, deadline, fingerprint=key.fingerprint.encode(), remember=True
-                )
+        if key is None:
+            chunks = split_batch(updates, self._chunk_sensors)
+            request_id = self._request_id()
+            writes = [
+                PendingWrite(chunk, marker_key(self._prefix, request_id, index), deadline)
+                for index, chunk in enumerate(chunks)
+            ]
+        else:
+            # As the previous release split it, to read the markers it wrote.
+            legacy_chunks = split_batch(updates, self._chunk_sensors)
+            request = KeyedRequest.of(self._prefix, key, deltas, legacy_chunks)
+            chunks = split_batch(
+                updates,
+                self._keyed_chunk_sensors,
+                extra_cost=lambda update: marker_cost(request.sensor_marker(update.key)),
+            )
+            writes = [
+                PendingWrite(chunk, request.key_marker, deadline, keyed=request) for chunk in chunks
+            ]
+        for index, pending in enumerate(writes):
+            if pending.keyed is not None and not pending.keyed.uncovered(pending.updates):
+                continue  # an earlier chunk's refusal showed these applied already
             try:
                 self._writes.write(pending)
+            except IdempotencyKeyReused as refused:
+                if index == 0:
+                    raise
+                applied = sum(len(c) for c in chunks[:index])
+                raise IdempotencyKeyReused(
+                    f"{refused.detail.partition(';')[0]} meanwhile (its idempotency window "
+                    f"ended during this request, or an instance of the previous release took "
+                    f"it); the batch was split into {len(chunks)} "
+                    f"transactions and the first {index} ({applied} of {len(updates)} sensors) "
+                    f"were applied and stay applied; nothing of the rest was stored"
+                ) from None
             except StoreUnavailable as failure:
                 if index == 0:
                     raise

@@ -2,24 +2,34 @@
 
 A write transaction carries one or more request markers and the merged
 records of every sensor they touch: *if* each sensor key still has the
-mod-revision last seen (0 for a key believed absent) *and* no marker exists,
-*then* put the records and the markers, *else* read every one of those keys.
-A lost race therefore costs one round trip, which also brings the current
-values for the next attempt, and tells which markers exist.
+mod-revision last seen (0 for a key believed absent) *and* no marker exists
+*and* every guard holds, *then* put the records and the markers, *else* read
+every one of those keys (a guard's whole range). A lost race therefore costs
+one round trip, which also brings the current values for the next attempt,
+and tells which markers exist. Guards are what a keyed request checks
+without writing (see `keyed`): its key marker holds its fingerprint, or no
+marker of the previous release appeared in a range.
+
+etcd limits each of the three lists (``--max-txn-ops``) separately: a write
+with ``n`` sensors, ``m`` markers and ``g`` guards takes ``n + m + g``
+compares and reads and at most ``n + m`` puts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import etcd3.etcdrpc as rpc
 
 from sensorstats.core.errors import StoreUnavailable
-from sensorstats.core.stats import EMPTY, Stats
+from sensorstats.core.stats import EMPTY, Stats, UnknownRecordVersion
+from sensorstats.store.etcd.keys import sensor_id_of
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+# The fewest that leave a keyed chunk one sensor: its record, its marker, two guards.
+MIN_TXN_OPS = 4
 MAX_TXN_BYTES = 1 << 20  # below etcd's default --max-request-bytes (1.5 MiB)
 RECORD_BYTES = 1024  # an upper bound of one encoded record plus framing
 
@@ -45,6 +55,26 @@ class Marker:
 
 
 @dataclass(frozen=True, slots=True)
+class Guard:
+    """A compare with no put: `key` holds `value`, or (no value) no key in the range was
+    created at or after revision `created_before`."""
+
+    key: str
+    value: bytes | None = None
+    range_end: str = ""
+    created_before: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A key a refused write read: its value and the revision that created it."""
+
+    key: str
+    value: bytes
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     """One sensor's delta, addressed by its etcd key."""
 
@@ -64,13 +94,19 @@ def marker_cost(marker: str) -> int:
 
 
 def split_batch(
-    updates: Sequence[Update], max_sensors: int, max_bytes: int = MAX_TXN_BYTES
+    updates: Sequence[Update],
+    max_sensors: int,
+    max_bytes: int = MAX_TXN_BYTES,
+    extra_cost: Callable[[Update], int] | None = None,
 ) -> list[list[Update]]:
-    """Consecutive runs of `updates` that each fit one transaction."""
+    """Consecutive runs of `updates` that each fit one transaction.
+
+    `extra_cost`: bytes each update adds beyond its key and record (its marker).
+    """
     chunks: list[list[Update]] = []
     size = 0
     for update in updates:
-        cost = key_cost(update.key)
+        cost = key_cost(update.key) + (extra_cost(update) if extra_cost else 0)
         if not chunks or len(chunks[-1]) >= max_sensors or size + cost > max_bytes:
             chunks.append([])
             size = 0
@@ -80,7 +116,10 @@ def split_batch(
 
 
 def write_txn(
-    seen: Mapping[str, Seen], merged: Mapping[str, Stats], markers: Sequence[Marker]
+    seen: Mapping[str, Seen],
+    merged: Mapping[str, Stats],
+    markers: Sequence[Marker],
+    guards: Sequence[Guard] = (),
 ) -> Any:
     """The compare-and-swap transaction described in the module docstring.
 
@@ -101,6 +140,7 @@ def write_txn(
         )
         for m in markers
     ]
+    compare += [_compare(guard) for guard in guards]
     success = [
         rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=merged[key].encode()))
         for key in seen
@@ -111,21 +151,53 @@ def write_txn(
     ]
     failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode())) for key in seen]
     failure += [rpc.RequestOp(request_range=rpc.RangeRequest(key=m.key.encode())) for m in markers]
+    failure += [
+        rpc.RequestOp(
+            request_range=rpc.RangeRequest(key=g.key.encode(), range_end=g.range_end.encode())
+        )
+        for g in guards
+    ]
     return rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
 
+def _compare(guard: Guard) -> Any:
+    if guard.value is not None:
+        return rpc.Compare(
+            key=guard.key.encode(),
+            target=rpc.Compare.VALUE,
+            result=rpc.Compare.EQUAL,
+            value=guard.value,
+        )
+    # Over a range, etcd requires every key in it to pass; an empty range passes.
+    return rpc.Compare(
+        key=guard.key.encode(),
+        range_end=guard.range_end.encode(),
+        target=rpc.Compare.CREATE,
+        result=rpc.Compare.LESS,
+        create_revision=guard.created_before,
+    )
+
+
 def read_failure_branch(
-    keys: Sequence[str], markers: Sequence[Marker], response: Any
-) -> tuple[dict[str, Seen], dict[str, bytes]]:
-    """From a refused write: the current records of `keys`, and each existing marker's value."""
+    keys: Sequence[str],
+    markers: Sequence[Marker],
+    response: Any,
+    guards: Sequence[Guard] = (),
+) -> tuple[dict[str, Seen], dict[str, bytes], dict[Guard, list[Found]]]:
+    """From a refused write: the current records of `keys`, each existing marker's value,
+    and what each guard's key or range holds."""
     ranges = [op.response_range for op in response.responses]
     current = {key: seen_of(found.kvs) for key, found in zip(keys, ranges, strict=False)}
     found = {
         m.key: answer.kvs[0].value
-        for m, answer in zip(markers, ranges[len(keys) :], strict=True)
+        for m, answer in zip(markers, ranges[len(keys) : len(keys) + len(markers)], strict=True)
         if answer.kvs
     }
-    return current, found
+    guarded = {
+        guard: [Found(kv.key.decode(), kv.value, kv.create_revision) for kv in answer.kvs]
+        for guard, answer in zip(guards, ranges[len(keys) + len(markers) :], strict=True)
+    }
+    return current, found, guarded
 
 
 def read_txn(keys: Iterable[str]) -> Any:
@@ -150,6 +222,17 @@ def seen_of(kvs: Sequence[Any]) -> Seen:
     kv = kvs[0]
     try:
         return Seen(kv.mod_revision, Stats.decode(kv.value))
+    except UnknownRecordVersion as error:
+        # Written by a newer release: never read as an older record, and so never
+        # overwritten by one (a write compares the revision it read).
+        sensor = sensor_id_of(kv.key.decode(errors="replace"))
+        raise StoreUnavailable(
+            f"the record of sensor {sensor!r} has version {error.version}, which this "
+            f"release cannot read; upgrade every instance to the release that wrote it "
+            f"(the record is left as it is)",
+            retry_after=5,
+            outage=False,
+        ) from None
     except ValueError as error:
         raise StoreUnavailable(
             f"etcd key {kv.key.decode(errors='replace')!r} holds a record this "

@@ -1,7 +1,9 @@
 """Committing one batch of writes to etcd: retries, lost answers, honest outcomes.
 
 A batch (see `combining`) is committed as one transaction (`etcd_txn`): the
-merged deltas of all its writes, and each write's own request marker.
+merged deltas of all its writes, and each write's own request marker (with
+an Idempotency-Key, its markers and guards, and only the sensors no marker
+shows applied: see `keyed`).
 
 Retries: a refused compare retries at once with the values the refusal read,
 up to `CONFLICT_RETRIES_AT_ONCE` times in a row (a failed call, once); after
@@ -36,14 +38,15 @@ import time
 from collections.abc import Mapping, Sequence
 
 from sensorstats.core.errors import StoreUnavailable
-from sensorstats.core.idempotency import IdempotencyKeyReused
 from sensorstats.core.stats import EMPTY, Stats
 from sensorstats.store.etcd.cache import MarkerLease, SeenCache
 from sensorstats.store.etcd.client import EtcdClient, EtcdFailure
 from sensorstats.store.etcd.combining import MIN_ATTEMPT_SECONDS, PendingWrite
 from sensorstats.store.etcd.txn import (
+    Guard,
     Marker,
     Seen,
+    Update,
     read_answer,
     read_failure_branch,
     read_txn,
@@ -92,7 +95,7 @@ class BatchCommitter:
         ttl = math.ceil(MARKER_LEASE_ROTATION + write_timeout + MARKER_LEASE_MARGIN)
         rotation = min(KEYED_LEASE_ROTATION_MAX, idempotency_ttl * KEYED_LEASE_ROTATION_SHARE)
         keyed_ttl = math.ceil(idempotency_ttl + rotation + write_timeout)
-        # By whether the marker is remembered for the idempotency window.
+        # By whether the write is keyed: its markers live for the idempotency window.
         self.leases = {
             False: MarkerLease(client, ttl, MARKER_LEASE_ROTATION),
             True: MarkerLease(client, keyed_ttl, rotation),
@@ -112,7 +115,7 @@ class _Attempts:
         self.c = committer
         self.pending = list(batch)
         self.deadline = min(write.deadline for write in batch)
-        keys = sorted({key for write in batch for key in write.keys})
+        keys = sorted({update.key for write in batch for update in _to_apply(write)})
         self.seen = {key: committer.cache.get(key) for key in keys}
         self.outcome_unknown = False
         self.last_failure: StoreUnavailable | None = None
@@ -136,10 +139,17 @@ class _Attempts:
         merged = self._merged()
         sent = False
         try:
-            for remember in {write.remember for write in self.pending}:
-                leases[remember] = self.c.leases[remember].current(timeout)
-            markers = [Marker(w.marker, w.fingerprint, leases[w.remember]) for w in self.pending]
-            request = write_txn(self.seen, merged, markers)
+            for keyed in {write.keyed is not None for write in self.pending}:
+                leases[keyed] = self.c.leases[keyed].current(timeout)
+            markers: list[Marker] = []
+            guards: list[Guard] = []
+            for write in self.pending:
+                if write.keyed is None:
+                    markers.append(Marker(write.marker, b"", leases[False]))
+                else:
+                    markers += write.keyed.markers(write.updates, leases[True])
+                    guards += write.keyed.guards()
+            request = write_txn(self.seen, merged, markers, guards)
             timeout = self._timeout()
             if timeout < MIN_ATTEMPT_SECONDS:  # the lease grant took the time
                 self._fail_all(self._deadline_passed())
@@ -152,24 +162,27 @@ class _Attempts:
             STORE_EVENTS.write_attempt(COMMITTED, self.failures > 0)
             revision = response.header.revision
             self.c.cache.update((key, Seen(revision, merged[key])) for key in self.seen)
+            for write in self.pending:
+                if write.keyed is not None:
+                    write.keyed.committed()
             self._succeed(self.pending)
             return False
         keys = list(self.seen)
-        current, found = read_failure_branch(keys, markers, response)
+        current, found, guarded = read_failure_branch(keys, markers, response, guards)
         STORE_EVENTS.write_attempt(MARKER_FOUND if found else CONFLICT, self.failures > 0)
         self.c.cache.update(current.items())
-        for write in [w for w in self.pending if w.marker in found]:
-            if found[write.marker] == write.fingerprint:
-                # An attempt whose answer was lost did commit it, or (with
-                # an Idempotency-Key) an earlier request with the same payload.
+        for write in self.pending:
+            if write.keyed is None:
+                if write.marker in found:
+                    write.succeed()  # an attempt whose answer was lost did commit it
+                continue
+            # Keyed: markers say which sensors an earlier attempt, or a copy of
+            # this request, applied; another fingerprint refuses it (see `keyed`).
+            error = write.keyed.learn(write.updates, found, guarded)
+            if error is not None:
+                write.fail(error)
+            elif not write.keyed.uncovered(write.updates):
                 write.succeed()
-            else:
-                write.fail(
-                    IdempotencyKeyReused(
-                        "this Idempotency-Key was already used with a different payload; "
-                        "nothing of this request was stored"
-                    )
-                )
         self.pending = [write for write in self.pending if not write.done]
         if not self.pending:
             return False
@@ -211,12 +224,12 @@ class _Attempts:
         """Each key's record as seen, merged with the deltas of every pending write."""
         merged = {key: seen.stats for key, seen in self.seen.items()}
         for write in self.pending:
-            for update in write.updates:
+            for update in _to_apply(write):
                 merged[update.key] = merged.get(update.key, EMPTY).merge(update.delta)
         return merged
 
     def _keys(self) -> list[str]:
-        return sorted({key for write in self.pending for key in write.keys})
+        return sorted({update.key for write in self.pending for update in _to_apply(write)})
 
     def _succeed(self, writes: Sequence[PendingWrite]) -> None:
         for write in writes:
@@ -268,3 +281,8 @@ class _Attempts:
             retry_after,
             outage=outage,
         )
+
+
+def _to_apply(write: PendingWrite) -> Sequence[Update]:
+    """The updates of `write` still to apply: a keyed write's covered sensors are not."""
+    return write.updates if write.keyed is None else write.keyed.uncovered(write.updates)

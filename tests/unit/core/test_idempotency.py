@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
+from decimal import Decimal
+from fractions import Fraction
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sensorstats.core import stats
 from sensorstats.core.batch import Limits, parse_batch
 from sensorstats.core.idempotency import (
     MAX_KEY_LENGTH,
     IdempotencyKey,
     InvalidIdempotencyKey,
+    canonical_form,
+    exact_decimal,
     fingerprint,
     parse_key_header,
 )
@@ -71,3 +80,55 @@ def test_the_storage_name_separates_scopes_and_is_short() -> None:
     assert one.digest != IdempotencyKey("client-2", "k", "f").digest
     assert one.digest != IdempotencyKey("client-1\0k", "", "f").digest
     assert len(one.digest) == 32
+
+
+# Two sensors, one of them measured twice, a value that is not a short decimal
+# (0.1 is 0.1000000000000000055511151231257827021181583404541015625 as a
+# double) and an id beyond ASCII.
+LITERAL_BATCH = (
+    '[{"sensor":"a","timestamp":"2021-11-09T21:38:09Z","value":1},'
+    '{"sensor":"b/\u00fc","timestamp":"2021-11-09T21:38:10+01:00","value":0.1},'
+    '{"sensor":"a","timestamp":"2021-11-09T21:38:08Z","value":2.5}]'
+)
+
+
+def test_the_canonical_form_and_fingerprint_of_a_literal_batch_are_pinned() -> None:
+    """Every keyed retry across a release that changed these would be refused with 422."""
+    deltas = parse_batch(LITERAL_BATCH.encode(), Limits())
+    assert canonical_form(deltas) == (
+        b'[["a",2,"3.5",63772177089000000,"2021-11-09T21:38:09Z"],'
+        b'["b/\\u00fc",1,"0.1000000000000000055511151231257827021181583404541015625",'
+        b'63772173490000000,"2021-11-09T21:38:10+01:00"]]'
+    )
+    assert fingerprint(deltas) == "81dfc59b0d65d7de6fe943050c2da642"
+
+
+def test_the_fingerprint_does_not_depend_on_the_record_encoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deltas = parse_batch(LITERAL_BATCH.encode(), Limits())
+    before = fingerprint(deltas)
+    # A release that writes another record version, say one with min and max.
+    monkeypatch.setattr(stats, "_ENCODING_VERSION", 2)
+    monkeypatch.setattr(stats.Stats, "encode", lambda self: b"a record of another format")
+    assert fingerprint(deltas) == before
+
+
+def test_sensors_without_measurements_do_not_count() -> None:
+    deltas = parse_batch(LITERAL_BATCH.encode(), Limits())
+    assert fingerprint({**deltas, "empty": stats.EMPTY}) == fingerprint(deltas)
+
+
+@given(st.integers(), st.integers(min_value=-1100, max_value=64))
+def test_the_decimal_sum_is_exact(mantissa: int, exponent: int) -> None:
+    text = exact_decimal(mantissa, exponent)
+    assert Fraction(Decimal(text)) == mantissa * Fraction(2) ** exponent
+    assert not text.endswith(".")
+    assert not ("." in text and text.endswith("0"))
+
+
+def test_the_sum_is_compared_as_a_number_not_as_its_stored_pair() -> None:
+    one = parse_batch(LITERAL_BATCH.encode(), Limits())
+    # 3.5 as 7 * 2**-1 (normalised) or 14 * 2**-2: the decimal is the same.
+    other = {**one, "a": replace(one["a"], mantissa=14, exponent=-2)}
+    assert fingerprint(one) == fingerprint(other)

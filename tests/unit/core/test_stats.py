@@ -23,6 +23,7 @@ from sensorstats.core.stats import (
     MAX_TIMESTAMP_LENGTH,
     Stats,
     Timestamp,
+    UnknownRecordVersion,
     exact_double_sum,
     exact_sum,
     instant_of,
@@ -532,6 +533,7 @@ def test_the_extreme_record_is_within_the_bound():
         pytest.param(b"5", id="number"),
         pytest.param(b'{"count": 1}', id="object"),
         pytest.param(b'[2,1,"1",0,"2021-11-09T21:38:09Z"]', id="future-version"),
+        pytest.param(b'["1",1,"1",0,"2021-11-09T21:38:09Z"]', id="version-not-an-integer"),
         pytest.param(b'[1,1,"1",0,"2021-11-09T21:38:09Z",0]', id="extra-field"),
         pytest.param(b'[1,1,"xyz",0,"2021-11-09T21:38:09Z"]', id="mantissa-not-hex"),
         pytest.param(b'[1,1,"1",0,"yesterday"]', id="timestamp-not-iso"),
@@ -548,3 +550,15 @@ def test_decode_rejects_records_it_did_not_write(record):
 def test_records_keep_non_ascii_timestamps_readable():
     stats = one(1, "2021-11-09\u00e921:38:09")
     assert json.loads(stats.encode())[-1] == "2021-11-09\u00e921:38:09"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b'[9,1,"1",0,"2021-11-09T21:38:09Z"]', b'[9,{"count":1,"min":0}]', b"[2]"],
+)
+def test_a_record_of_a_newer_version_is_told_apart_whatever_its_shape(record):
+    # A newer release may add fields or change their layout: only the version is read.
+    with pytest.raises(UnknownRecordVersion) as raised:
+        Stats.decode(record)
+    assert raised.value.version == json.loads(record)[0]
+    assert "cannot read" in str(raised.value)

@@ -11,10 +11,14 @@ as the model says: the count, the mean bit for bit (the contract's oracle
 ``float(sum(map(Fraction, values)) / len(values))``) and `last_measurement`
 (CONTRACT §3: the latest instant, ties broken by the greater string).
 
-It runs on the embedded store (one instance), and on a real etcd with two
-`EtcdStore` objects on one prefix behind two apps, each request going to
-either at random, so replays, key reuse and concurrent duplicates cross
-instances, and concurrent posts share transactions (group commit).
+It runs on the embedded store (one instance, which applies a batch whole),
+and on a real etcd with four `EtcdStore` objects on one prefix behind four
+apps, each request going to any of them at random, so replays, key reuse
+and concurrent duplicates cross instances, and concurrent posts share
+transactions (group commit). The four split batches differently
+(`ETCD_MAX_TXN_OPS`), as instances do while an operator changes the
+setting: each attempt of a keyed request is chunked by whichever instance
+serves it, more finely, more coarsely or alike.
 """
 
 from __future__ import annotations
@@ -110,7 +114,11 @@ class Item:
 
 ITEMS = st.builds(Item, st.sampled_from(SENSORS), TIMESTAMPS, VALUES)
 BATCHES = st.lists(ITEMS, min_size=1, max_size=10).map(tuple)
-INSTANCE = st.integers(min_value=0, max_value=1)
+# Which instance serves a request: of four on etcd, of the one embedded store.
+INSTANCE = st.integers(min_value=0, max_value=3)
+# Operations per transaction of the four etcd instances: a keyed chunk holds 1,
+# 2, 3 or 63 sensors, an unkeyed one 3, 5, 8 or 127 (batches here touch up to 8).
+ETCD_MAX_TXN_OPS = (4, 6, 9, 128)
 # Threads of a machine: as many as one concurrent step sends requests.
 THREADS = 8
 
@@ -364,7 +372,7 @@ class ServiceMachine(RuleBasedStateMachine):
         assert_problem(result, 400, "urn:sensorstats:problem:invalid-batch")
         if key is None or not items:
             return multiple()
-        result = self.post(1 - instance, body(items), key)
+        result = self.post(instance + 1, body(items), key)
         assert result.status_code == 204, result.text
         self.model.apply(items)
         self.model.keys[key] = effect(items)
@@ -481,17 +489,20 @@ def test_the_embedded_store_answers_as_the_model() -> None:
     )
 
 
-def test_two_instances_on_etcd_answer_as_the_model(etcd: EtcdProcess) -> None:
-    """Two stores on one prefix, as two instances are; a fresh prefix per example.
+def test_instances_on_etcd_that_split_differently_answer_as_the_model(etcd: EtcdProcess) -> None:
+    """Four stores on one prefix, as four instances are; a fresh prefix per example.
 
-    `etcd_max_txn_ops=6` splits batches over 5 sensors into two
-    transactions (batches here touch up to all 8 sensors), so a keyed replay
-    also meets per-chunk markers, while small posts still share transactions.
+    Each has its own `etcd_max_txn_ops` (`ETCD_MAX_TXN_OPS`), so a keyed
+    replay through another instance meets markers written by attempts split
+    otherwise, while small posts still share transactions.
     """
 
     def machine() -> ServiceMachine:
-        config = etcd_settings(etcd, prefix=f"/model-{secrets.token_hex(6)}/", etcd_max_txn_ops=6)
-        stores = [EtcdStore.from_settings(config) for _ in range(2)]
+        prefix = f"/model-{secrets.token_hex(6)}/"
+        stores = [
+            EtcdStore.from_settings(etcd_settings(etcd, prefix=prefix, etcd_max_txn_ops=ops))
+            for ops in ETCD_MAX_TXN_OPS
+        ]
         return ServiceMachine(stores, concurrent_reads=True)
 
     # The etcd variant is slower: a modest number of examples in every profile.
