@@ -8,6 +8,8 @@
 --   hot       POST /data, 1 measurement, always the sensor PREFIX-hot
 --   batch     POST /data, 1,000 measurements over the 50 sensors PREFIX-0..49
 --             (20 each; PREFIX-0 is the one the driver checks)
+--   batch-gzip  the same batch, gzip-compressed, from the file BODY_FILE that the
+--             driver wrote (Lua has no zlib): -- batch-gzip PREFIX BODY_FILE
 --   get       GET /statistics/PREFIX-get (the driver creates that sensor first)
 -- PREFIX must be URL- and JSON-safe ([A-Za-z0-9-]); the driver makes a fresh
 -- one per run, so runs never share sensors.
@@ -25,8 +27,12 @@ local function measurement(sensor, value)
    return string.format('{"sensor": "%s", "timestamp": "%s", "value": %s}', sensor, TIMESTAMP, value)
 end
 
-local function post(body)
-   return wrk.format("POST", "/data", { ["Content-Type"] = "application/json" }, body)
+local function post(body, encoding)
+   local headers = { ["Content-Type"] = "application/json" }
+   if encoding then
+      headers["Content-Encoding"] = encoding
+   end
+   return wrk.format("POST", "/data", headers, body)
 end
 
 function init(args)
@@ -56,6 +62,10 @@ function init(args)
          items[#items + 1] = measurement(prefix .. "-" .. (i % BATCH_SENSORS), tostring(i))
       end
       fixed = post("[" .. table.concat(items, ", ") .. "]")
+   elseif mode == "batch-gzip" then
+      local file = assert(io.open(args[3], "rb"))
+      fixed = post(file:read("*a"), "gzip")
+      file:close()
    elseif mode == "get" then
       fixed = wrk.format("GET", "/statistics/" .. prefix .. "-get")
    elseif mode ~= "distinct" then
