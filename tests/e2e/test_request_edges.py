@@ -230,7 +230,7 @@ def test_a_body_over_waitresss_own_limit_is_answered_as_any_body_over_the_limit(
 # --- methods ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["BREW", "PROPFIND", "QUERY", "X-CUSTOM"])
+@pytest.mark.parametrize("method", ["BREW", "PROPFIND", "MKCOL", "X-CUSTOM"])
 @pytest.mark.parametrize("target", ["/data", "/statistics/abc", "/nowhere", "*"])
 def test_a_method_http_does_not_define_is_501_without_allow(
     service: Service, method: str, target: str
@@ -244,8 +244,10 @@ def test_a_method_http_does_not_define_is_501_without_allow(
 
 
 def test_known_methods_keep_their_answers(service: Service) -> None:
-    put = exchange(service, b"PUT /data HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-    assert (put[0], put[1]["allow"]) == (405, "OPTIONS, POST")
+    for method in ("PUT", "QUERY"):
+        request = f"{method} /data HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        refused = exchange(service, request.encode())
+        assert (refused[0], refused[1]["allow"]) == (405, "OPTIONS, POST")
     star = exchange(service, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (star[0], star[1]["allow"]) == (204, "GET, HEAD, POST, DELETE, OPTIONS")
     with connect(service) as sock:
