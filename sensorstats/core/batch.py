@@ -107,8 +107,6 @@ def _decode(body: bytes) -> list[object]:
 
 
 def _json_problem(error: json.JSONDecodeError) -> str:
-    if error.msg.startswith("Unexpected UTF-8 BOM"):
-        return f"the body starts with a byte order mark; {_SEND} in UTF-8 without one"
     reason = _JSON_REASONS.get(error.msg, "it is malformed")
     where = f"line {error.lineno}, column {error.colno}"
     return f"the body is not valid JSON: {reason} at {where}; {_SEND}"

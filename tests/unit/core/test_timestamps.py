@@ -106,6 +106,11 @@ def test_every_offset_the_rules_allow_orders_by_its_instant(moment, minutes):
             f"{TIMESTAMP_EXAMPLE}",
         ),
         (
+            "2021-13-01t00:00:00z",
+            f"is not a valid date-time (month must be in 1..12); send one such as "
+            f"{TIMESTAMP_EXAMPLE}",
+        ),
+        (
             "2021-02-30",
             "is not a valid date-time (day is out of range for month); send one such as "
             f"{TIMESTAMP_EXAMPLE}",
