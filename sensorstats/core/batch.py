@@ -6,6 +6,7 @@ import json
 import math
 import operator
 import re
+import sys
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -28,6 +29,9 @@ class Limits:
 
     max_batch: int = 10_000
     max_sensor_id: int = 256
+
+
+_NOT_AN_OBJECT = "must be an object with sensor, timestamp and value"
 
 
 class _NonFinite:
@@ -62,16 +66,62 @@ def _value_problem(value: object) -> str | None:
     return "must be a number"
 
 
+# What a client should send, ending every message about the body as a whole.
+_SEND = "send a JSON array of measurements"
+# `json`'s reasons, in words for a person who has not read its source.
+_JSON_REASONS = {
+    "Expecting value": "a value is missing or malformed",
+    "Extra data": "something follows the array",
+    "Unterminated string starting at": "a string is not closed",
+    "Invalid control character at": "a string holds a raw control character (escape it)",
+    "Expecting property name enclosed in double quotes": "a key is not a string in double quotes",
+    "Expecting ',' delimiter": "a comma is missing",
+    "Expecting ':' delimiter": "a colon is missing",
+    "Invalid \\escape": "a string holds an invalid backslash escape",
+    "Invalid \\uXXXX escape": "a string holds an invalid \\u escape",
+}
+_JSON_TYPES = {dict: "an object", str: "a string", bool: "true or false", type(None): "null"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _decode(body: bytes) -> list[object]:
+    if not body.strip(b" \t\r\n"):
+        raise InvalidBatch(f"the body is empty; {_SEND}")
     try:
         document = json.loads(body, parse_constant=_NonFinite)
     except RecursionError:
-        raise InvalidBatch("the body is nested too deeply") from None
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError included
-        raise InvalidBatch(f"the body is not valid JSON: {error}") from None
+        raise InvalidBatch(f"the body is nested too deeply; {_SEND}, each a flat object") from None
+    except json.JSONDecodeError as error:
+        raise InvalidBatch(_json_problem(error)) from None
+    except UnicodeDecodeError as error:
+        raise InvalidBatch(_encoding_problem(body, error)) from None
+    except ValueError:  # the only other: an integer of more digits than Python reads
+        digits = sys.get_int_max_str_digits()
+        raise InvalidBatch(
+            f"the body holds a number of more than {digits} digits; {_SEND}"
+        ) from None
     if not isinstance(document, list):
-        raise InvalidBatch("the body must be a JSON array of measurements")
+        kind = _JSON_TYPES.get(type(document), "a number")
+        raise InvalidBatch(f"the body is {kind}, not an array; {_SEND} (one in [ ] too)")
     return document
+
+
+def _json_problem(error: json.JSONDecodeError) -> str:
+    reason = _JSON_REASONS.get(error.msg, "it is malformed")
+    where = f"line {error.lineno}, column {error.colno}"
+    return f"the body is not valid JSON: {reason} at {where}; {_SEND}"
+
+
+def _encoding_problem(body: bytes, error: UnicodeDecodeError) -> str:
+    if body.startswith(_GZIP_MAGIC):
+        return (
+            "the body is gzip-compressed but says nothing of it; send it with "
+            "Content-Encoding: gzip, or uncompressed"
+        )
+    return (
+        f"the body is not UTF-8: byte {error.object[error.start]:#04x} at offset "
+        f"{error.start} is not valid there; {_SEND} in UTF-8"
+    )
 
 
 class _Accumulator:
@@ -186,7 +236,7 @@ def _parse_any_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
     valid_ids: set[str] = set()  # ids repeat within a batch; check each once
     for index, item in enumerate(items):
         if type(item) is not dict:
-            errors.append(FieldError(index, None, "must be an object"))
+            errors.append(FieldError(index, None, _NOT_AN_OBJECT))
             continue
         sensor = item.get("sensor")
         if type(sensor) is not str:
@@ -207,10 +257,8 @@ def _parse_any_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
         else:
             try:
                 instant = instant_of(text)
-            except ValueError as error:
-                errors.append(
-                    FieldError(index, "timestamp", f"must be an ISO 8601 date-time: {error}")
-                )
+            except ValueError as error:  # its message says what is wrong, with an example
+                errors.append(FieldError(index, "timestamp", str(error)))
 
         value = item.get("value")
         problem = _value_problem(value) if "value" in item else "is required"
@@ -228,16 +276,21 @@ def _parse_any_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
 
     if errors:
         shown = errors[:MAX_REPORTED_ERRORS]
-        more = f"; the first {len(shown)} are listed" if len(errors) > len(shown) else ""
+        listed = f"the first {len(shown)} listed" if len(errors) > len(shown) else "listed"
         raise InvalidBatch(
-            f"{len(errors)} invalid field(s); nothing was stored{more}", tuple(shown)
+            f"{len(errors)} invalid field(s), {listed} in errors; nothing was stored: "
+            "correct them and send the whole batch again",
+            tuple(shown),
         )
     return {sensor: accumulator.stats() for sensor, accumulator in sensors.items()}
 
 
 def _check_batch_size(size: int, limits: Limits) -> None:
     if size > limits.max_batch:
-        raise PayloadTooLarge(f"the batch has {size} measurements; the limit is {limits.max_batch}")
+        raise PayloadTooLarge(
+            f"the batch has {size} measurements; the limit is {limits.max_batch}: "
+            "send them in smaller batches"
+        )
 
 
 def _type_problem(item: dict[str, object], field: str, kind: str) -> str:

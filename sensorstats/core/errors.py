@@ -31,6 +31,31 @@ class PayloadTooLarge(Exception):
         self.detail = detail
 
 
+class UnsupportedMediaType(Exception):
+    """The body's Content-Type is not one a batch is read from."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnsupportedContentCoding(Exception):
+    """The body is compressed in a way the service does not decode; `supported` are."""
+
+    def __init__(self, detail: str, supported: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.supported = supported
+
+
+class CorruptBody(Exception):
+    """The body does not decode as its Content-Encoding says it should."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class InvalidSensorId(Exception):
     """A sensor id in a URL that no measurement could ever carry."""
 

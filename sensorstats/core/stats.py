@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from itertools import repeat
 
-# The greatest string length accepted as a timestamp. `fromisoformat` accepts
-# any number of fractional digits; the stored record must stay bounded.
-MAX_TIMESTAMP_LENGTH = 64
+from sensorstats.core.timestamps import MAX_TIMESTAMP_LENGTH, UNPAIRED_SURROGATE, parse_datetime
 
 # The record version this release writes, and the ones it reads. A change of
 # the record is rolled out in two releases (README, "Rolling upgrades"): the
@@ -36,7 +34,6 @@ _ENCODING_VERSION = 1
 _READABLE_VERSIONS = frozenset({1})
 _MICROSECONDS_PER_DAY = 86_400_000_000
 _ONE_MICROSECOND = timedelta(microseconds=1)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -53,7 +50,7 @@ class Timestamp:
 
     @classmethod
     def parse(cls, text: str) -> Timestamp:
-        """Parse an ISO 8601 string as `datetime.fromisoformat` does; naive is UTC.
+        """Parse a timestamp by `TIMESTAMP_RULES`; naive is UTC.
 
         Raises ValueError for anything else, including over-long strings.
         """
@@ -61,17 +58,12 @@ class Timestamp:
 
 
 def instant_of(text: str) -> int:
-    """The instant of an ISO 8601 timestamp, in microseconds on a proleptic UTC scale.
+    """The instant of a timestamp, in microseconds on a proleptic UTC scale.
 
-    Accepts what `datetime.fromisoformat` accepts, up to `MAX_TIMESTAMP_LENGTH`
-    characters; a timestamp without an offset is UTC. Raises ValueError.
+    Accepts what `parse_datetime` accepts (`TIMESTAMP_RULES`); a timestamp
+    without an offset is UTC. Raises ValueError.
     """
-    if len(text) > MAX_TIMESTAMP_LENGTH:
-        raise ValueError(f"longer than {MAX_TIMESTAMP_LENGTH} characters")
-    if not text.isascii() and _SURROGATE.search(text):
-        # fromisoformat takes any separator; this one could not be stored or served.
-        raise ValueError("contains an unpaired surrogate")
-    moment = datetime.fromisoformat(text)
+    moment = parse_datetime(text)
     local = (
         moment.toordinal() * _MICROSECONDS_PER_DAY
         + ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000
@@ -103,7 +95,8 @@ _TZINFO = operator.attrgetter("tzinfo")
 def order_as_text(texts: Collection[str]) -> bool:
     """Whether `texts`, all timestamps, compare as texts as their `Timestamp`s do.
 
-    Raises ValueError unless `instant_of` accepts every text. True when all
+    Raises ValueError unless `instant_of` accepts every text, with its
+    message for the first it refuses. True when all
     are ASCII, share one layout from `_TEXT_ORDERED_LAYOUT` and one UTC offset:
     the first differing character is then the first differing field, and a
     greater field never means an earlier instant (digits beyond microseconds
@@ -111,12 +104,18 @@ def order_as_text(texts: Collection[str]) -> bool:
     So the latest of such timestamps is the greatest text, and only that one
     needs `instant_of`: checking a text this way costs a fraction of it.
     """
-    if max(map(len, texts), default=0) > MAX_TIMESTAMP_LENGTH:
-        raise ValueError(f"longer than {MAX_TIMESTAMP_LENGTH} characters")
     ascii = all(map(str.isascii, texts))
-    if not ascii and any(map(_SURROGATE.search, texts)):
-        raise ValueError("contains an unpaired surrogate")
-    zones = set(map(_TZINFO, map(datetime.fromisoformat, texts)))
+    plain = max(map(len, texts), default=0) <= MAX_TIMESTAMP_LENGTH and (
+        ascii or not any(map(UNPAIRED_SURROGATE.search, texts))
+    )
+    try:
+        zones = set(map(_TZINFO, map(datetime.fromisoformat, texts))) if plain else None
+    except ValueError:
+        zones = None
+    if zones is None:
+        # One is refused, or written as only `parse_datetime` reads it (a
+        # lowercase z): the slower way, which raises with its words.
+        zones = set(map(_TZINFO, map(parse_datetime, texts)))
     if len(texts) < 2:
         return True
     if not ascii or len(zones) > 1:

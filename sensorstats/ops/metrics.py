@@ -77,8 +77,10 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 # A client may send any token as a method: only these become label values.
+# RFC 9110's, PATCH (RFC 5789) and QUERY, the HTTP working group's safe
+# method with a body, which clients and falcon already know.
 HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "QUERY"}
 )
 OTHER_METHOD = "other"
 

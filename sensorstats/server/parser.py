@@ -7,11 +7,12 @@ import time
 from typing import Any
 
 from waitress.parser import HTTPRequestParser
-from waitress.utilities import BadRequest, Error
+from waitress.utilities import Error
 
-from sensorstats.server.answers import BodyTooLarge, ServerBusy
+from sensorstats.server.answers import BodyTooLarge, MalformedRequest, ServerBusy
 from sensorstats.server.limits import ConnectionPolicy, ReceiveBudget
 from sensorstats.store.calls import StartedCall
+from sensorstats.web.early import body_too_large
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -34,7 +35,12 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
         if self.completed:
             return 0
         if not self.headers_finished and self._bare_lf(data):
-            self.refuse(BadRequest("a line of the request ends in a bare LF; HTTP needs CRLF"))
+            self.refuse(
+                MalformedRequest(
+                    "malformed HTTP request: a line of the request ends in a bare LF; "
+                    "end every line with CRLF"
+                )
+            )
         else:
             head_done_before = self.headers_finished
             consumed: int = super().received(data)
@@ -87,9 +93,7 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
     def _admit_body(self) -> None:
         limit = self._policy.max_body_bytes
         if not self.chunked and self.content_length > limit:
-            self.refuse(
-                BodyTooLarge(f"the body has {self.content_length} bytes; the limit is {limit}")
-            )
+            self.refuse(BodyTooLarge(body_too_large(f"has {self.content_length} bytes", limit)))
             return
         need = limit if self.chunked else self.content_length
         if not need:
@@ -107,7 +111,7 @@ class Parser(HTTPRequestParser):  # type: ignore[misc]  # waitress is untyped
     def _check_chunked_size(self) -> None:
         limit = self._policy.max_body_bytes
         if len(self.body_rcv) > limit:
-            self.refuse(BodyTooLarge(f"the chunked body exceeds the limit of {limit} bytes"))
+            self.refuse(BodyTooLarge(body_too_large(f"has more than {limit} bytes", limit)))
 
     def refuse(self, error: Error) -> None:
         """Complete this request as `error`: it is answered, and the connection closed."""

@@ -62,7 +62,10 @@ class ProblemErrorTask(ErrorTask):  # type: ignore[misc]  # waitress is untyped
     """Waitress's error answers as problem documents; the connection then lingers and closes."""
 
     def execute(self) -> None:
-        status, headers, body = problem_response(self.request.error, self.channel.adj)
+        channel = self.channel
+        status, headers, body = problem_response(
+            self.request.error, channel.adj, channel.policy.max_body_bytes
+        )
         self.status = status
         self.response_headers.extend(headers)
         # HEAD: the same headers, no body (waitress would send it).

@@ -16,6 +16,7 @@ from sensorstats.store import Store
 from sensorstats.web import problems
 from sensorstats.web.auth import BearerAuth
 from sensorstats.web.early import DATA_PATH, STATISTICS_PREFIX, EarlyCalls
+from sensorstats.web.methods import KnownMethods
 from sensorstats.web.openapi import openapi_document
 from sensorstats.web.resources import (
     DataResource,
@@ -79,7 +80,8 @@ def create_web(
     metrics.watch_readiness(readiness)
     data, statistics, health, live = ROUTES
     # First: it sees every request, and every answer last, whoever refused it.
-    middleware: list[Any] = [RequestTelemetry(metrics)]
+    # Then a method no resource implements is refused before anything else.
+    middleware: list[Any] = [RequestTelemetry(metrics), KnownMethods()]
     tokens = _token_source(settings)
     if tokens is not None:
         middleware.append(

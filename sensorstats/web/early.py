@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sensorstats.core.batch import Limits, parse_batch, sensor_id_problem
+from sensorstats.core.body import check_media_type, content_coding, decode
 from sensorstats.core.errors import PayloadTooLarge
 from sensorstats.core.idempotency import parse_key_header
 from sensorstats.core.stats import Stats
+from sensorstats.settings import ENV_PREFIX
 from sensorstats.store import Store
 from sensorstats.store.calls import Ready, StartedCall, StartedRead, StartedWrite
 
@@ -40,6 +42,8 @@ STARTED_CALL = "sensorstats.started_call"
 # batches are parsed and written by a worker thread.
 EARLY_WRITE_MAX_BYTES = 128 * 1024
 _READ_METHODS = ("GET", "HEAD")
+# Named in every answer about the body limit: the operator's knob.
+MAX_BODY_SETTING = f"{ENV_PREFIX}MAX_BODY_BYTES"
 
 
 class ReceivedRequest(Protocol):
@@ -78,16 +82,38 @@ class PreparedPost:
 def prepare_post(
     header: Callable[[str], str | None], body: bytes, limits: Limits, max_body_bytes: int
 ) -> PreparedPost:
-    """Validate a ``POST /data`` (its key header, body size and batch); raise what the client sees.
+    """Validate a ``POST /data``; raise what the client sees.
+
+    In order: the key header, the media type and content coding
+    (`sensorstats.core.body`), the body's size, its decoded size, the batch.
 
     The one place a POST is prepared, for the resource and for a write
-    started early alike.
+    started early alike. `max_body_bytes` bounds the body as received and
+    as decompressed (`sensorstats.core.body`).
     """
     key_header = header("Idempotency-Key")
     client_key = None if key_header is None else parse_key_header(key_header)
+    check_media_type(header("Content-Type"))
+    coding = content_coding(header("Content-Encoding"))
     if len(body) > max_body_bytes:
-        raise PayloadTooLarge(f"the body has {len(body)} bytes; the limit is {max_body_bytes}")
-    return PreparedPost(parse_batch(body, limits), client_key)
+        raise PayloadTooLarge(body_too_large(f"has {len(body)} bytes", max_body_bytes))
+    decoded = decode(body, coding, max_body_bytes)
+    if decoded is None:
+        raise PayloadTooLarge(
+            body_too_large(
+                f"decompresses to more than {max_body_bytes} bytes", max_body_bytes, compressed=True
+            )
+        )
+    return PreparedPost(parse_batch(decoded, limits), client_key)
+
+
+def body_too_large(size: str, limit: int, *, compressed: bool = False) -> str:
+    """The detail of every answer to a body over the limit: "the body <size>; ..."."""
+    after = ", counted after decompression" if compressed else ""
+    return (
+        f"the body {size}; the limit is {limit} bytes ({MAX_BODY_SETTING}){after}: "
+        "send the measurements in smaller batches"
+    )
 
 
 def sensor_of_path(path: str) -> str | None:
@@ -146,14 +172,17 @@ class EarlyCalls:
         return None
 
     def _start_write(self, request: ReceivedRequest, ready: Ready) -> StartedWrite | None:
-        if request.body_length > min(self._max_body_bytes, EARLY_WRITE_MAX_BYTES):
+        # A compressed body is held to the same size once decompressed: a
+        # worker takes what inflates beyond it.
+        early_limit = min(self._max_body_bytes, EARLY_WRITE_MAX_BYTES)
+        if request.body_length > early_limit:
             return None
         # Admitted first: a client the app would refuse costs no parse on the loop.
         if not self._admitted(request):
             return None
         header = _header_lookup(request.headers)
         try:
-            post = prepare_post(header, request.body(), self._limits, self._max_body_bytes)
+            post = prepare_post(header, request.body(), self._limits, early_limit)
         except Exception:  # the resource prepares it again and answers the error
             return None
         if post.client_key is not None or not post.deltas:

@@ -10,7 +10,12 @@ The server answers some before the app sees a request, on any path:
 malformed HTTP (400), a request not received in time (408), a declared body
 over the limit (413), a head over 16 KiB (431), an unsupported transfer
 coding (501), no room for another body in flight (503), and its own failure
-(500). They are listed on every operation, since any request can meet them.
+(500). They are listed on every operation, since any request can meet them;
+so is the app's 501 for a method HTTP does not define, which it answers on
+every path.
+
+What a body and its timestamps may be is stated once, in the core
+(`MEDIA_TYPE_RULES`, `CODING_RULES`, `TIMESTAMP_RULES`), and repeated here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from http import HTTPStatus
 from typing import Any
 
 from sensorstats import __version__
+from sensorstats.core.body import CODING_RULES, MEDIA_TYPE_RULES
+from sensorstats.core.timestamps import MAX_TIMESTAMP_LENGTH, TIMESTAMP_RULES
 from sensorstats.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
@@ -37,11 +44,16 @@ _STATUS_DESCRIPTIONS = {
     401: "A bearer token is needed, or the one sent is not valid.",
     404: "No sensor id in the path (`/statistics/`).",
     408: "The request line, headers and body did not arrive within the receive timeout.",
-    413: "The body is over the byte limit, or the batch has too many measurements.",
+    413: "The body is over the byte limit (compressed or decompressed), or the batch has "
+    "too many measurements.",
+    415: "The Content-Type is not one a batch is read from "
+    "(`urn:sensorstats:problem:unsupported-media-type`), or the Content-Encoding is not "
+    "gzip or deflate (`...:unsupported-content-coding`, with Accept-Encoding).",
     422: "This Idempotency-Key was used with another payload; nothing was stored.",
     431: "The request line and headers exceed 16 KiB.",
     500: "An unexpected failure; it has been logged with the request id.",
-    501: "A Transfer-Encoding other than chunked.",
+    501: "A Transfer-Encoding other than chunked, or a method HTTP does not define "
+    "(BREW, PROPFIND): no resource here implements it.",
     503: "The store cannot answer now (`urn:sensorstats:problem:store-unavailable`), or "
     "the server holds as many request bodies as it can (`...:server-busy`). Retry after "
     "`Retry-After` seconds.",
@@ -154,10 +166,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     400: _problem(
                         400,
                         "Malformed HTTP, a body that is not a valid batch (`invalid-batch`, "
-                        "each bad field listed in `errors`), or a malformed Idempotency-Key.",
+                        "each bad field listed in `errors`), a compressed body that does not "
+                        "decompress (`corrupt-body`), or a malformed Idempotency-Key.",
                     ),
                     **auth,
                     413: _problem(413),
+                    415: {
+                        **_problem(415),
+                        "headers": _headers("Accept-Encoding"),
+                    },
                     422: _problem(422),
                     500: _problem(500),
                     503: _problem(
@@ -172,8 +189,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "required": True,
                     "description": (
                         f"A JSON array of measurements, at most {settings.max_batch} of them "
-                        f"and {settings.max_body_bytes} bytes. The media type is not checked: "
-                        "`curl -d` sends application/x-www-form-urlencoded."
+                        f"and {settings.max_body_bytes} bytes. Content-Type: "
+                        f"{MEDIA_TYPE_RULES}. Content-Encoding: {CODING_RULES}."
                     ),
                     "content": {JSON: {"schema": _ref("schemas", "Batch")}},
                 },
@@ -338,6 +355,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "required": True,
                 "schema": {"type": "string"},
             },
+            "Accept-Encoding": {
+                "description": "On a 415 for the Content-Encoding: the codings that would do.",
+                "required": False,
+                "schema": {"type": "string", "enum": ["gzip, deflate"]},
+            },
             "WWW-Authenticate": {
                 "description": 'The challenge: `Bearer realm="sensorstats"`, with '
                 '`error="invalid_token"` for a token that is not valid.',
@@ -374,8 +396,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "the operations listed: a path nothing is served at answers 404 "
                 "(components/responses/NotFound), a method a resource does not serve 405 "
                 "with Allow (components/responses/MethodNotAllowed), and `OPTIONS *` 204 "
-                "with every method the server serves. The server answers 400, 408, 413, "
-                "431, 500, 501 and 503 by itself to any request, before the app sees it."
+                "with every method the server serves; a method HTTP does not define (BREW) "
+                "501 on any path. The server answers 400, 408, 413, 431, 500, 501 and 503 "
+                "by itself to any request, before the app sees it."
             ),
         },
         "paths": paths,
@@ -402,11 +425,8 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "timestamp": {
                     "type": "string",
                     "format": "date-time",
-                    "maxLength": 64,
-                    "description": (
-                        "An ISO 8601 date-time (whatever Python's datetime.fromisoformat "
-                        "takes); served back exactly as sent."
-                    ),
+                    "maxLength": MAX_TIMESTAMP_LENGTH,
+                    "description": TIMESTAMP_RULES,
                 },
                 "value": {
                     "type": "number",

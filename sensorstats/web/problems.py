@@ -12,11 +12,14 @@ from typing import Any
 import falcon
 
 from sensorstats.core.errors import (
+    CorruptBody,
     InvalidBatch,
     InvalidSensorId,
     PayloadTooLarge,
     StoreFull,
     StoreUnavailable,
+    UnsupportedContentCoding,
+    UnsupportedMediaType,
 )
 from sensorstats.core.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from sensorstats.ops.logs import UNAVAILABLE_LOGGER
@@ -119,6 +122,17 @@ def _field_errors(error: InvalidBatch) -> dict[str, Any] | None:
 KINDS: dict[type[Exception], _Kind] = {
     InvalidBatch: _Kind(falcon.HTTP_400, "invalid-batch", "Invalid batch", _field_errors),
     PayloadTooLarge: _Kind(falcon.HTTP_413, "payload-too-large", "Payload too large"),
+    UnsupportedMediaType: _Kind(
+        falcon.HTTP_415, "unsupported-media-type", "Unsupported media type"
+    ),
+    # RFC 9110 §15.5.16: Accept-Encoding names the codings that would do.
+    UnsupportedContentCoding: _Kind(
+        falcon.HTTP_415,
+        "unsupported-content-coding",
+        "Unsupported content coding",
+        headers=lambda error: {"Accept-Encoding": ", ".join(error.supported)},
+    ),
+    CorruptBody: _Kind(falcon.HTTP_400, "corrupt-body", "Corrupt body"),
     InvalidSensorId: _Kind(falcon.HTTP_400, "invalid-sensor-id", "Invalid sensor id"),
     InvalidIdempotencyKey: _Kind(
         falcon.HTTP_400, "invalid-idempotency-key", "Invalid Idempotency-Key"

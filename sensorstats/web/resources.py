@@ -15,7 +15,14 @@ from sensorstats.store import Store
 from sensorstats.store.calls import StartedRead, StartedWrite
 from sensorstats.web import problems
 from sensorstats.web.auth import client_identity
-from sensorstats.web.early import STATISTICS_PREFIX, prepare_post, sensor_of_path, started_call
+from sensorstats.web.early import (
+    STATISTICS_PREFIX,
+    body_too_large,
+    prepare_post,
+    sensor_of_path,
+    started_call,
+)
+from sensorstats.web.methods import SERVED_METHODS
 from sensorstats.web.problems import Problem
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -39,7 +46,7 @@ def server_options(req: falcon.Request, resp: falcon.Response, **params: str) ->
     if req.method != "OPTIONS":
         raise Problem(falcon.HTTP_400, detail="only OPTIONS may ask about '*'")
     resp.status = falcon.HTTP_204
-    resp.set_header("Allow", "GET, HEAD, POST, DELETE, OPTIONS")
+    resp.set_header("Allow", ", ".join(SERVED_METHODS))
 
 
 class DataResource(Resource):
@@ -77,7 +84,7 @@ class DataResource(Resource):
         limit = self._max_body_bytes
         declared = req.content_length
         if declared is not None and declared > limit:
-            raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+            raise PayloadTooLarge(body_too_large(f"has {declared} bytes", limit))
         body: bytes = req.bounded_stream.read()
         return body
 

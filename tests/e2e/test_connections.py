@@ -465,12 +465,13 @@ class Adjustments:
 @pytest.mark.parametrize(
     ("error", "status", "type_uri", "detail"),
     [
-        (BadRequest("Invalid chunk size"), "400 Bad Request", "about:blank", "Invalid chunk"),
+        (BadRequest("Invalid chunk size"), "400 Bad Request", "about:blank", "chunk size line"),
         (
             RequestEntityTooLarge("exceeds max_body of 16777216"),
             "413 Payload Too Large",
             "urn:sensorstats:problem:payload-too-large",
-            "exceeds max_body of 16777216",
+            "the body has more than 4096 bytes; the limit is 4096 bytes "
+            "(SENSORSTATS_MAX_BODY_BYTES)",
         ),
         (
             RequestHeaderFieldsTooLarge("exceeds max_header of 16384"),
@@ -485,15 +486,15 @@ class Adjustments:
             "logged",
         ),
         (
-            ServerNotImplemented("Transfer-Encoding"),
+            ServerNotImplemented("Transfer-Encoding requested is not supported."),
             "501 Not Implemented",
             "about:blank",
-            "Transfer",
+            "only the chunked Transfer-Encoding is supported",
         ),
     ],
 )
 def test_waitress_errors_become_problem_documents(error, status, type_uri, detail) -> None:
-    answer_status, headers, body = problem_response(error, Adjustments())
+    answer_status, headers, body = problem_response(error, Adjustments(), 4096)
     assert answer_status == status
     assert ("Content-Type", "application/problem+json") in headers
     document = json.loads(body)
@@ -501,3 +502,4 @@ def test_waitress_errors_become_problem_documents(error, status, type_uri, detai
     assert document["status"] == int(status.split()[0])
     assert detail in document["detail"]
     assert "secret" not in body.decode()
+    assert "max_body" not in body.decode()

@@ -8,9 +8,11 @@ invalid, keyed) are served by a worker as before.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -174,3 +176,31 @@ def test_with_tokens_a_post_is_written_early_only_with_a_valid_token(guarded: Se
     statistics = json.loads(read[2])
     assert statistics["count"] == 2  # only the posts with the token were written
     assert statistics["avg"] == 3.5
+
+
+def test_compressed_posts_are_counted_once_whichever_path_writes_them(service: Service) -> None:
+    small = gzip.compress(batch("gz-small", 1, 2))  # inflates within the early write size
+    # Small on the wire too, but over that size once inflated: a worker writes it.
+    large = gzip.compress(batch("gz-large", 3) + b" " * (200 * 1024))
+    with connect(service) as sock:
+        sock.sendall(
+            post(small, "Content-Encoding: gzip\r\n")
+            + post(large, "Content-Encoding: gzip\r\n")
+            + post(zlib.compress(batch("gz-small", 4)), "Content-Encoding: deflate\r\n")
+        )
+        got = answers(sock, 3)
+    assert [status for status, _, _ in got] == [204, 204, 204]
+    assert (count(service, "gz-small"), count(service, "gz-large")) == (3, 1)
+
+
+def test_a_gzip_bomb_on_the_early_path_is_413_and_stores_nothing(service: Service) -> None:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = compressor.compress(batch("gz-bomb", 1)[:-1] + b"," + b" " * (64 << 20))
+    bomb += compressor.flush()
+    assert len(bomb) < 128 * 1024  # small enough to be looked at on the event loop
+    with connect(service) as sock:
+        sock.sendall(post(bomb, "Content-Encoding: gzip\r\n"))
+        ((status, _, body),) = answers(sock, 1)
+    assert status == 413
+    assert "SENSORSTATS_MAX_BODY_BYTES" in json.loads(body)["detail"]
+    assert count(service, "gz-bomb") == 0

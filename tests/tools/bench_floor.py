@@ -4,7 +4,8 @@
 
 A bare falcon app served by waitress, the same stack and thread count as the
 service, doing only what no implementation of the contract can skip:
-``POST /data`` reads the body and parses it as JSON, then answers 204;
+``POST /data`` reads the body (gunzips it if it says gzip) and parses it
+as JSON, then answers 204;
 ``GET /statistics/{id}`` answers a fixed statistics document of the real
 size; ``GET /healthz`` answers 204. `tests/tools/bench.py` compares the service
 with this app in the same run, so a ratio near 1 means the service adds
@@ -16,6 +17,7 @@ Stops on SIGTERM or SIGINT. Stdlib plus the app's own requirements.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import signal
@@ -37,7 +39,10 @@ class Data:
     """``POST /data``: read and parse the body, keep nothing."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        json.loads(req.bounded_stream.read())
+        body = req.bounded_stream.read()
+        if req.get_header("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        json.loads(body)
         resp.status = falcon.HTTP_204
 
 

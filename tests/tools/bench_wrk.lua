@@ -8,10 +8,12 @@
 --   hot       POST /data, 1 measurement, always the sensor PREFIX-hot
 --   batch     POST /data, 1,000 measurements over the 50 sensors PREFIX-0..49
 --             (20 each; PREFIX-0 is the one the driver checks)
+--   batch-gzip  the same batch, gzip-compressed, from the file BODY_FILE that the
+--             driver wrote (Lua has no zlib): -- batch-gzip PREFIX BODY_FILE
 --   get       GET /statistics/PREFIX-get (the driver creates that sensor first)
 -- PREFIX must be URL- and JSON-safe ([A-Za-z0-9-]); the driver makes a fresh
--- one per run, so runs never share sensors. With TOKEN, every POST carries
--- "Authorization: Bearer TOKEN".
+-- one per run, so runs never share sensors. With TOKEN (after the mode's
+-- own arguments), every POST carries "Authorization: Bearer TOKEN".
 
 -- The answers' counts and the JSON of done(), shared with the other wrk script.
 local answers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "wrk_answers.lua")
@@ -26,8 +28,11 @@ local function measurement(sensor, value)
    return string.format('{"sensor": "%s", "timestamp": "%s", "value": %s}', sensor, TIMESTAMP, value)
 end
 
-local function post(body)
+local function post(body, encoding)
    local headers = { ["Content-Type"] = "application/json" }
+   if encoding then
+      headers["Content-Encoding"] = encoding
+   end
    if token ~= nil then
       headers["Authorization"] = "Bearer " .. token
    end
@@ -36,7 +41,9 @@ end
 
 function init(args)
    -- args[0] is the URL; the script's own arguments follow.
-   mode, prefix, token = args[1], args[2], args[3]
+   mode, prefix = args[1], args[2]
+   -- TOKEN follows the mode's own arguments (batch-gzip's BODY_FILE).
+   token = args[mode == "batch-gzip" and 4 or 3]
    if prefix == nil or not prefix:match("^[%w%-]+$") then
       error("usage: -- MODE PREFIX, with PREFIX made of [A-Za-z0-9-]")
    end
@@ -61,6 +68,10 @@ function init(args)
          items[#items + 1] = measurement(prefix .. "-" .. (i % BATCH_SENSORS), tostring(i))
       end
       fixed = post("[" .. table.concat(items, ", ") .. "]")
+   elseif mode == "batch-gzip" then
+      local file = assert(io.open(args[3], "rb"))
+      fixed = post(file:read("*a"), "gzip")
+      file:close()
    elseif mode == "get" then
       fixed = wrk.format("GET", "/statistics/" .. prefix .. "-get")
    elseif mode ~= "distinct" then

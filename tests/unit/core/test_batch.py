@@ -21,12 +21,14 @@ from hypothesis import strategies as st
 from sensorstats.core.batch import (
     MAX_REPORTED_ERRORS,
     Limits,
+    _decode,
     _parse_plain_batch,
     parse_batch,
     sensor_id_problem,
 )
 from sensorstats.core.errors import FieldError, InvalidBatch, PayloadTooLarge
 from sensorstats.core.stats import EMPTY, Stats, Timestamp
+from sensorstats.core.timestamps import parse_datetime
 from tests.support.examples import examples
 
 GOOD = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}
@@ -231,7 +233,7 @@ def test_a_flood_of_errors_is_listed_up_to_the_limit_and_counted():
     error = rejected(body(*[measurement(value=None)] * (MAX_REPORTED_ERRORS + 50)))
     assert reported(error) == [(i, "value") for i in range(MAX_REPORTED_ERRORS)]
     assert f"{MAX_REPORTED_ERRORS + 50} invalid" in error.detail
-    assert f"the first {MAX_REPORTED_ERRORS} are listed" in error.detail
+    assert f"the first {MAX_REPORTED_ERRORS} listed" in error.detail
 
 
 def test_a_batch_over_the_item_limit_is_too_large():
@@ -420,21 +422,30 @@ def test_statistics_do_not_depend_on_order_or_on_how_a_batch_is_split(measuremen
 #
 # `parse_batch` decodes batches of plain items with msgspec and leaves everything
 # else to the stdlib path. The oracle below is `parse_batch` as it was before that
-# (with the `instant_of` and `exact_sum` it used), unchanged but for names and comments:
+# (with the `instant_of` and `exact_sum` it used), unchanged but for names and comments,
+# a lowercase z read as Z, and its words for a refusal, which are the general path's:
 # for any body and limits, both must give the same `Stats`, bit for bit, in the
 # same order, or the same exception with the same detail and errors.
 
 ORACLE_SURROGATE = re.compile("[\ud800-\udfff]")
+ORACLE_NOT_AN_OBJECT = "must be an object with sensor, timestamp and value"
 ORACLE_FORBIDDEN_IN_SENSOR_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 oracle_offsets: dict[tzinfo, int] = {}
 
 
 def oracle_instant_of(text: str) -> int:
-    if len(text) > 64:
-        raise ValueError("longer than 64 characters")
-    if not text.isascii() and ORACLE_SURROGATE.search(text):
-        raise ValueError("contains an unpaired surrogate")
-    moment = datetime.fromisoformat(text)
+    if len(text) > 64 or (not text.isascii() and ORACLE_SURROGATE.search(text)):
+        parse_datetime(text)  # raises, in its words
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        if not text.endswith("z"):
+            parse_datetime(text)
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "Z")
+        except ValueError:
+            parse_datetime(text)
+            raise
     local = (
         moment.toordinal() * 86_400_000_000
         + ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000
@@ -499,12 +510,11 @@ def oracle_value_problem(value: object) -> str | None:
 def oracle_decode(body: bytes) -> list[object]:
     try:
         document = json.loads(body, parse_constant=OracleNonFinite)
-    except RecursionError:
-        raise InvalidBatch("the body is nested too deeply") from None
-    except ValueError as error:
-        raise InvalidBatch(f"the body is not valid JSON: {error}") from None
+    except (RecursionError, ValueError):
+        _decode(body)  # raises, in its words
+        raise
     if not isinstance(document, list):
-        raise InvalidBatch("the body must be a JSON array of measurements")
+        _decode(body)
     return document
 
 
@@ -536,14 +546,15 @@ def oracle_parse_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
     items = oracle_decode(body)
     if len(items) > limits.max_batch:
         raise PayloadTooLarge(
-            f"the batch has {len(items)} measurements; the limit is {limits.max_batch}"
+            f"the batch has {len(items)} measurements; the limit is {limits.max_batch}: "
+            "send them in smaller batches"
         )
     errors: list[FieldError] = []
     sensors: dict[str, OracleAccumulator] = {}
     valid_ids: set[str] = set()
     for index, item in enumerate(items):
         if type(item) is not dict:
-            errors.append(FieldError(index, None, "must be an object"))
+            errors.append(FieldError(index, None, ORACLE_NOT_AN_OBJECT))
             continue
         sensor = item.get("sensor")
         if type(sensor) is not str:
@@ -567,9 +578,7 @@ def oracle_parse_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
             try:
                 instant = oracle_instant_of(text)
             except ValueError as error:
-                errors.append(
-                    FieldError(index, "timestamp", f"must be an ISO 8601 date-time: {error}")
-                )
+                errors.append(FieldError(index, "timestamp", str(error)))
 
         value = item.get("value")
         problem = oracle_value_problem(value) if "value" in item else "is required"
@@ -585,9 +594,11 @@ def oracle_parse_batch(body: bytes, limits: Limits) -> dict[str, Stats]:
 
     if errors:
         shown = errors[:MAX_REPORTED_ERRORS]
-        more = f"; the first {len(shown)} are listed" if len(errors) > len(shown) else ""
+        listed = f"the first {len(shown)} listed" if len(errors) > len(shown) else "listed"
         raise InvalidBatch(
-            f"{len(errors)} invalid field(s); nothing was stored{more}", tuple(shown)
+            f"{len(errors)} invalid field(s), {listed} in errors; nothing was stored: "
+            "correct them and send the whole batch again",
+            tuple(shown),
         )
     return {sensor: accumulator.stats() for sensor, accumulator in sensors.items()}
 

@@ -6,14 +6,17 @@ Failures of the store are injected as small fake stores implementing the
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import zlib
 from collections.abc import Mapping
 from urllib.parse import quote
 
 import pytest
 from falcon import testing
 
+from sensorstats.core.body import MEDIA_TYPE_RULES
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.idempotency import IdempotencyKey
 from sensorstats.core.stats import Stats
@@ -156,17 +159,43 @@ def test_an_empty_batch_stores_nothing(client):
     [
         None,
         "application/json",
-        "application/json; charset=utf-8",
-        "text/plain",
+        "Application/JSON; Charset=UTF-8",
+        'application/json; charset="utf-8"',
+        "application/vnd.sensors.batch+json",
         "application/x-www-form-urlencoded",  # what `curl -d` sends
-        "application/octet-stream",
     ],
 )
-def test_the_body_is_json_whatever_the_content_type(client, content_type):
+def test_a_body_labelled_as_json_or_as_curl_labels_it_is_read(client, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
     result = client.simulate_post("/data", body=json.dumps(SAMPLE), headers=headers)
     assert result.status_code == 204
     assert client.simulate_get("/statistics/abc").json["count"] == 1
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/xml",
+        "text/plain",
+        "text/json",
+        "application/octet-stream",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+        "application/json-seq",
+        "application/+json",
+        "json",
+    ],
+)
+def test_a_body_labelled_as_anything_else_is_415_naming_what_is_accepted(client, content_type):
+    result = client.simulate_post(
+        "/data", body=json.dumps(SAMPLE), headers={"Content-Type": content_type}
+    )
+    assert result.status_code == 415
+    problem = result.json
+    assert problem["type"] == "urn:sensorstats:problem:unsupported-media-type"
+    assert content_type in problem["detail"]
+    assert MEDIA_TYPE_RULES in problem["detail"]
+    assert client.simulate_get("/statistics/abc").json["count"] == 0
 
 
 # --- sensor ids in URLs ----------------------------------------------------------
@@ -536,3 +565,63 @@ def test_a_full_store_refuses_new_sensors_with_507_and_keeps_the_rest():
     assert client.simulate_delete(path("a")).status_code == 204
     assert client.simulate_post("/data", json=[measurement("c", 4)]).status_code == 204
     assert client.simulate_get(path("c")).json["count"] == 1
+
+
+# --- compressed bodies, methods no resource implements ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("coding", "compress"),
+    [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress)],
+)
+def test_a_compressed_batch_is_counted(client, coding, compress):
+    data = compress(json.dumps(SAMPLE).encode())
+    result = client.simulate_post("/data", body=data, headers={"Content-Encoding": coding})
+    assert result.status_code == 204
+    assert client.simulate_get("/statistics/abc").json["count"] == 1
+
+
+@pytest.mark.parametrize("coding", ["br", "compress", "gzip, gzip"])
+def test_an_unsupported_coding_is_415_with_accept_encoding(client, coding):
+    result = client.simulate_post("/data", body=b"[]", headers={"Content-Encoding": coding})
+    assert result.status_code == 415
+    assert result.headers["accept-encoding"] == "gzip, deflate"
+    assert result.json["type"] == "urn:sensorstats:problem:unsupported-content-coding"
+
+
+def test_a_corrupt_gzip_body_is_400_in_plain_words(client):
+    truncated = gzip.compress(json.dumps(SAMPLE).encode())[:-8]
+    result = client.simulate_post("/data", body=truncated, headers={"Content-Encoding": "gzip"})
+    assert result.status_code == 400
+    assert result.json["type"] == "urn:sensorstats:problem:corrupt-body"
+    assert result.json["detail"].startswith("the body is not valid gzip data: it ends before")
+
+
+def test_the_body_limit_applies_to_the_decompressed_body():
+    client = testing.TestClient(create_app(Settings(max_body_bytes=1000), MemoryStore()))
+    padded = json.dumps(SAMPLE).encode() + b" " * 1000
+    result = client.simulate_post(
+        "/data", body=gzip.compress(padded), headers={"Content-Encoding": "gzip"}
+    )
+    assert result.status_code == 413
+    assert "SENSORSTATS_MAX_BODY_BYTES" in result.json["detail"]
+    assert "after decompression" in result.json["detail"]
+    assert client.simulate_get("/statistics/abc").json["count"] == 0
+
+
+@pytest.mark.filterwarnings("ignore::wsgiref.validate.WSGIWarning")
+@pytest.mark.parametrize("url", ["/data", "/statistics/abc", "/healthz", "/nowhere"])
+def test_a_method_http_does_not_define_is_501_on_any_path(client, url):
+    result = client.simulate_request("BREW", url)
+    assert result.status_code == 501
+    assert "allow" not in result.headers
+    assert result.json["detail"] == (
+        "no resource here implements the method BREW; "
+        "this service serves GET, HEAD, POST, DELETE, OPTIONS"
+    )
+
+
+def test_a_method_http_defines_is_still_405_with_allow_where_not_served(client):
+    result = client.simulate_request("PATCH", "/data")
+    assert result.status_code == 405
+    assert result.headers["allow"] == "OPTIONS, POST"

@@ -29,7 +29,9 @@ import pytest
 import schemathesis
 from falcon import inspect, testing
 
+from sensorstats.core.body import CODING_RULES, MEDIA_TYPE_RULES
 from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.timestamps import TIMESTAMP_RULES
 from sensorstats.core.tokens import tokens_from_list
 from sensorstats.ops.readiness import Readiness
 from sensorstats.settings import Settings
@@ -81,6 +83,21 @@ def test_the_document_is_valid_openapi_3_1():
     assert (head.status_code, head.content) == (200, b"")
 
 
+def test_the_document_states_the_rules_of_a_body_as_the_core_does():
+    _, document = served(Settings())
+    body = document["paths"]["/data"]["post"]["requestBody"]["description"]
+    assert MEDIA_TYPE_RULES in body
+    assert CODING_RULES in body
+    timestamp = document["components"]["schemas"]["Measurement"]["properties"]["timestamp"]
+    assert timestamp["description"] == TIMESTAMP_RULES
+
+
+@pytest.mark.parametrize("rule", [MEDIA_TYPE_RULES, CODING_RULES, TIMESTAMP_RULES])
+def test_the_readme_states_the_same_rules(rule):
+    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
+    assert rule in readme
+
+
 def test_the_document_states_this_instances_limits():
     _, document = served(Settings(max_batch=20, max_sensor_id=64))
     schemas = document["components"]["schemas"]
@@ -129,7 +146,10 @@ CASES = [
     Case("/data", "POST", 204, "/data", body=SAMPLE),
     Case("/data", "POST", 400, "/data", body="[{]"),
     Case("/data", "POST", 400, "/data", body=SAMPLE, headers={"Idempotency-Key": "a b"}),
+    Case("/data", "POST", 400, "/data", body="[]", headers={"Content-Encoding": "gzip"}),
     Case("/data", "POST", 413, "/data", body=[measurement("a", 1)] * 3, settings={"max_batch": 2}),
+    Case("/data", "POST", 415, "/data", body="[]", headers={"Content-Type": "application/xml"}),
+    Case("/data", "POST", 415, "/data", body="[]", headers={"Content-Encoding": "br"}),
     Case(
         "/data",
         "POST",
