@@ -159,7 +159,7 @@ POST1000 = Scenario("post1000", "batch", 1000, 20, "0")
 POST1000_GZIP = Scenario("post1000-gzip", "batch-gzip", 1000, 20, "0")
 GET = Scenario("get", "get", 0, 0)
 SINGLE_SCENARIOS = (POST1_DISTINCT, POST1_HOT, POST1000, POST1000_GZIP, GET)
-# Those the goals of issue 7 measure against the floor.
+# Those the performance goals measure against the floor.
 GOAL_SCENARIOS = (POST1_DISTINCT, POST1_HOT, POST1000, GET)
 TWO_INSTANCE_SCENARIOS = (POST1_DISTINCT, POST1_HOT)
 TOKEN_SCENARIOS = (POST1_DISTINCT, POST1_HOT)
