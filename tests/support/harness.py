@@ -238,6 +238,20 @@ class Processes:
         self.started.append(process)
         return process
 
+    def conclude(self, status: int, passed: str) -> int:
+        """After the script: on success its logs go and `passed` is logged; else they stay.
+
+        On a failure every process's log tail is shown and the folder named.
+        """
+        if status == 0:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            log(f"{passed}; every process stopped")
+        else:
+            for process in self.started:
+                log(f"{process.name} (pid {process.pid}) log tail:\n{process.log_tail()}")
+            log(f"logs kept in {self.directory}")
+        return status
+
     def stop_all(self) -> None:
         """SIGTERM everything still running, wait, then SIGKILL what is left."""
         # All are told first, so that they stop side by side rather than in turn.

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -555,15 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             monitor(processes, programs)
         return 0
 
-    status = run_script(work, processes.stop_all)
-    if status == 0:
-        shutil.rmtree(directory, ignore_errors=True)
-        log("monitoring check passed; every process stopped")
-    else:
-        for process in processes.started:
-            log(f"{process.name} (pid {process.pid}) log tail:\n{process.log_tail()}")
-        log(f"logs kept in {directory}")
-    return status
+    return processes.conclude(run_script(work, processes.stop_all), "monitoring check passed")
 
 
 if __name__ == "__main__":

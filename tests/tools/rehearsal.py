@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -706,15 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rehearse(processes, haproxy, options.etcd_tls)
         return 0
 
-    status = run_script(work, processes.stop_all)
-    if status == 0:
-        shutil.rmtree(directory, ignore_errors=True)
-        log("rehearsal passed; every process stopped")
-    else:
-        for process in processes.started:
-            log(f"{process.name} (pid {process.pid}) log tail:\n{process.log_tail()}")
-        log(f"logs kept in {directory}")
-    return status
+    return processes.conclude(run_script(work, processes.stop_all), "rehearsal passed")
 
 
 if __name__ == "__main__":
