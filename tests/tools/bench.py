@@ -834,7 +834,8 @@ def scenario_row(runs: Sequence[Run], scenario: str, target: str) -> str | None:
     elif target == ETCD_PAIR:
         ratio = ""
     else:
-        ratio = f"{median(ratios(runs, scenario, target, (scenario, FLOOR))):.2f} x floor"
+        to_floor = ratios(runs, scenario, target, (scenario, FLOOR))
+        ratio = f"{median(to_floor):.2f} x floor" if to_floor else ""  # no floor run
     measurements = cell[0].measurements
     answered = sum(r.result.answered for r in cell)
     closes = sum(r.result.closes for r in cell)
