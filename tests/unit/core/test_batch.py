@@ -998,3 +998,86 @@ def device_batches(draw: st.DrawFn) -> bytes:
 def test_device_batches_take_the_fast_path_and_read_exactly_as_before(data):
     assert _parse_plain_batch(data, DEFAULT_LIMITS) is not None
     assert_same_as_oracle(data)
+
+
+NOT_AN_OBJECT = "must be an object with sensor, timestamp and value"
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "message"),
+    [
+        pytest.param(measurement(sensor=MISSING), "sensor", "is required", id="sensor-missing"),
+        pytest.param(measurement(sensor=None), "sensor", "must be a string", id="sensor-null"),
+        pytest.param(measurement(sensor=7), "sensor", "must be a string", id="sensor-number"),
+        pytest.param(measurement(sensor=""), "sensor", "must not be empty", id="sensor-empty"),
+        pytest.param(
+            measurement(sensor="a" * 257),
+            "sensor",
+            "must be at most 256 characters",
+            id="sensor-too-long",
+        ),
+        pytest.param(
+            measurement(sensor="a\x7fb"),
+            "sensor",
+            "must not contain control characters or unpaired surrogates",
+            id="sensor-control",
+        ),
+        pytest.param(
+            measurement(timestamp=MISSING), "timestamp", "is required", id="timestamp-missing"
+        ),
+        pytest.param(
+            measurement(timestamp=None), "timestamp", "must be a string", id="timestamp-null"
+        ),
+        pytest.param(
+            measurement(timestamp=1636490289),
+            "timestamp",
+            "must be a string",
+            id="timestamp-number",
+        ),
+        pytest.param(
+            measurement(timestamp=["2021-11-09T21:38:09Z"]),
+            "timestamp",
+            "must be a string",
+            id="timestamp-list",
+        ),
+        pytest.param(measurement(value=MISSING), "value", "is required", id="value-missing"),
+        pytest.param(measurement(value=None), "value", "must be a number", id="value-null"),
+        pytest.param(measurement(value="1"), "value", "must be a number", id="value-string"),
+        pytest.param(measurement(value=True), "value", "must be a number", id="value-true"),
+        pytest.param(
+            measurement(value=Raw("NaN")), "value", "must be finite, got NaN", id="value-NaN"
+        ),
+        pytest.param(
+            measurement(value=Raw("-Infinity")),
+            "value",
+            "must be finite, got -Infinity",
+            id="value-minus-Infinity",
+        ),
+        pytest.param(
+            measurement(value=Raw("1e400")), "value", "must be finite", id="value-overflows"
+        ),
+        pytest.param(
+            measurement(value=Raw("1" + "0" * 309)),
+            "value",
+            "must be finite as an IEEE double",
+            id="value-integer-too-large",
+        ),
+        pytest.param("not an object", None, NOT_AN_OBJECT, id="string-item"),
+        pytest.param(Raw("[1]"), None, NOT_AN_OBJECT, id="list-item"),
+    ],
+)
+def test_each_field_refusal_has_its_exact_words(item, field, message):
+    error = rejected(body(GOOD, item))
+    assert [(e.index, e.field, e.message) for e in error.errors] == [(1, field, message)]
+    assert error.detail == (
+        "1 invalid field(s), listed in errors; nothing was stored: "
+        "correct them and send the whole batch again"
+    )
+
+
+def test_a_truncated_list_of_refusals_says_how_many_it_shows():
+    error = rejected(body(*[measurement(value=None)] * (MAX_REPORTED_ERRORS + 1)))
+    assert error.detail == (
+        f"{MAX_REPORTED_ERRORS + 1} invalid field(s), the first {MAX_REPORTED_ERRORS} "
+        "listed in errors; nothing was stored: correct them and send the whole batch again"
+    )

@@ -132,3 +132,68 @@ def test_the_sum_is_compared_as_a_number_not_as_its_stored_pair() -> None:
     # 3.5 as 7 * 2**-1 (normalised) or 14 * 2**-2: the decimal is the same.
     other = {**one, "a": replace(one["a"], mantissa=14, exponent=-2)}
     assert fingerprint(one) == fingerprint(other)
+
+
+@pytest.mark.parametrize(
+    ("scope", "key", "digest"),
+    [
+        # sha256 of scope, NUL, key; the first 32 hex digits.
+        pytest.param("", "k", "f6dc1034b093dd79d1b96f328cb1e489", id="no-scope"),
+        pytest.param("ab", "c", "6c032e631d39a14d85aff7e319546af7", id="ab-c"),
+        pytest.param("a", "bc", "40bb547d936bbd31318ee37ac8799e7e", id="a-bc"),
+        pytest.param("client-1", "8e03978e", "e15733d4790dd0df7a7358f551bcb126", id="client"),
+    ],
+)
+def test_the_storage_name_is_a_literal_digest_of_scope_nul_key(
+    scope: str, key: str, digest: str
+) -> None:
+    """Stored markers are named by it: a change would let retries across a release count twice,
+    and without the NUL client "ab" with key "c" would share client "a"'s key "bc"."""
+    assert IdempotencyKey(scope, key, "f").digest == digest
+    # The fingerprint is not part of the name.
+    assert IdempotencyKey(scope, key, "other").digest == digest
+
+
+NOT_A_KEY = (
+    'Idempotency-Key must be a Structured Field string ("...") or a token of '
+    "printable ASCII characters"
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        pytest.param('""', "Idempotency-Key must not be empty", id="empty-string"),
+        pytest.param("", NOT_A_KEY, id="empty-header"),
+        pytest.param(" \t", NOT_A_KEY, id="only-blanks"),
+        pytest.param("two words", NOT_A_KEY, id="space"),
+        pytest.param('"unterminated', NOT_A_KEY, id="unterminated"),
+        pytest.param("caf\u00e9", NOT_A_KEY, id="non-ascii"),
+        # Only SP and HTAB are blanks around a field value: other Unicode spaces
+        # stay, and refuse the key rather than making it "abc".
+        pytest.param("abc\xa0", NOT_A_KEY, id="no-break-space"),
+        pytest.param("abc\u3000", NOT_A_KEY, id="ideographic-space"),
+        pytest.param("\u2003abc", NOT_A_KEY, id="em-space"),
+        pytest.param("abc\n", NOT_A_KEY, id="newline"),
+        pytest.param("abc\r", NOT_A_KEY, id="carriage-return"),
+        pytest.param(
+            "a" * 256, "Idempotency-Key must be at most 255 characters, got 256", id="long-token"
+        ),
+        pytest.param(
+            '"' + "a" * 300 + '"',
+            "Idempotency-Key must be at most 255 characters, got 300",
+            id="long-string",
+        ),
+    ],
+)
+def test_each_refusal_says_what_is_wrong(header: str, detail: str) -> None:
+    with pytest.raises(InvalidIdempotencyKey) as caught:
+        parse_key_header(header)
+    assert str(caught.value) == detail
+    assert caught.value.detail == detail
+
+
+def test_the_limit_counts_the_unescaped_key() -> None:
+    escaped = '"' + "\\\\" * MAX_KEY_LENGTH + '"'
+    assert parse_key_header(escaped) == "\\" * MAX_KEY_LENGTH
+    assert MAX_KEY_LENGTH == 255
