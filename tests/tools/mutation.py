@@ -3,7 +3,7 @@
 For each module, mutmut (2.x: it mutates the file in place, one mutant at a
 time, and restores it) runs the unit tests of that module's folder without
 etcd or processes, then this prints killed / tested per module from
-mutmut's cache. The last module's cache stays (`.mutmut-cache`, untracked):
+mutmut's cache. The last module's cache stays (`.mutmut-cache`, ignored by git):
 `mutmut results` and `mutmut show <id>` list its survivors; delete it after.
 
     python tests/tools/mutation.py                      # every module below
