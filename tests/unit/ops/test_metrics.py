@@ -451,7 +451,9 @@ def test_the_servers_own_answers_are_counted(service):
 def test_a_scrape_answers_while_every_worker_is_busy(own_etcd: EtcdProcess, tmp_path: Path):
     with start_service(
         env={"SENSORSTATS_ETCD_ENDPOINTS": own_etcd.url},
-        args=["--threads", "1", "--etcd-timeout", "1", "--write-timeout", "3"],
+        # The first DELETE holds the one worker for its whole etcd timeout,
+        # longer than the scrapes below look: never between two requests.
+        args=["--threads", "1", "--etcd-timeout", "4", "--write-timeout", "5"],
         log_dir=tmp_path,
     ) as service:
         own_etcd.pause()
