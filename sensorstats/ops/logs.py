@@ -160,13 +160,16 @@ class TextFormatter(logging.Formatter):
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes each record as a line; access lines are gathered and written in batches.
 
-    A write per request costs more than it seems: the worker releases the
+    A write per request costs more than it seems: the thread releases the
     GIL for the system call and then queues to get it back behind the event
-    loop and the other workers, and so does every worker waiting for the
-    handler's lock meanwhile. So a line of `batched` loggers is formatted
-    without any lock and only queued; a background thread writes the queue
+    loop and the other threads. So a record of `batched` loggers is only
+    queued, as it is: a background thread formats and writes the queue
     every `interval` seconds, or the emitting thread once `max_lines` are
-    waiting (memory stays bounded whatever stdout's speed). Any other line
+    waiting (memory stays bounded whatever stdout's speed). The event loop,
+    which emits most access lines, so pays neither the formatting nor the
+    write. A queued record holds only values fixed when it was made (its
+    arguments, its fields, the request id the filters stamped), so it
+    formats later exactly as it would have at once. Any other line
     (start-up, warnings, errors) is written at once, after the lines queued
     before it, so lines keep their order and what matters is never held back.
     """
@@ -185,7 +188,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._max_lines = max_lines
         # Appended to by any thread without a lock (deque appends are
         # atomic); emptied only under the handler's lock.
-        self._pending: deque[str] = deque()
+        self._pending: deque[logging.LogRecord] = deque()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_batches, name="log-lines", daemon=True)
         self._writer.start()
@@ -199,17 +202,18 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return passed
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name in self._batched:
+            self._pending.append(record)
+            if len(self._pending) >= self._max_lines:
+                self.flush()
+            return
         try:
             line = self.format(record)
-            if record.name in self._batched:
-                self._pending.append(line)
-                if len(self._pending) >= self._max_lines:
-                    self.flush()
-            else:
-                with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
-                    self._write_pending(line)
         except Exception:
             self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+            self._write_pending(line)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -223,11 +227,15 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
     def _write_pending(self, last: str | None = None) -> None:
-        """Write the queued lines, then `last`, in one system call (lock held)."""
+        """Format and write the queued records, then `last`, in one system call (lock held)."""
         lines = []
         pending = self._pending
         while pending:
-            lines.append(pending.popleft())
+            record = pending.popleft()
+            try:
+                lines.append(self.format(record))
+            except Exception:
+                self.handleError(record)
         if last is not None:
             lines.append(last)
         if lines and self.stream is not None:

@@ -406,3 +406,18 @@ def test_a_full_batch_is_written_by_the_thread_that_filled_it():
     finally:
         handler.close()
     assert len(stream.getvalue().splitlines()) == 25  # closing writes the rest
+
+
+def test_a_queued_record_that_cannot_be_formatted_costs_only_its_own_line():
+    stream = io.StringIO()
+    handler = LineHandler(stream, interval=3600)
+    handler.handleError = lambda record: None  # type: ignore[method-assign]  # keep stderr quiet
+    broken = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "%d ms", ("x",), None)
+    try:
+        handler.handle(record(ACCESS_LOGGER, "GET /x 200"))
+        handler.handle(broken)
+        handler.handle(record(ACCESS_LOGGER, "GET /y 200"))
+        handler.flush()
+        assert stream.getvalue().splitlines() == ["GET /x 200", "GET /y 200"]
+    finally:
+        handler.close()
