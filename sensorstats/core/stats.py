@@ -241,16 +241,14 @@ class Stats:
     def encode(self) -> bytes:
         """A compact, versioned record: ``[1,count,"hex mantissa",exponent,"ts"]``."""
         assert self.latest is not None, "empty statistics are not stored"
-        return json.dumps(
+        return _RECORD_JSON.encode(
             [
                 _ENCODING_VERSION,
                 self.count,
                 format(self.mantissa, "x"),
                 self.exponent,
                 self.latest.text,
-            ],
-            separators=(",", ":"),
-            ensure_ascii=False,
+            ]
         ).encode()
 
     @classmethod
@@ -284,6 +282,10 @@ class Stats:
         ):
             raise ValueError(f"malformed statistics record: {data[:80]!r}")
         return cls(count, int(mantissa, 16), exponent, Timestamp.parse(text))
+
+
+# Made once: `json.dumps` with options builds an encoder on every call.
+_RECORD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class UnknownRecordVersion(ValueError):

@@ -26,6 +26,8 @@ from sensorstats.web.methods import SERVED_METHODS
 from sensorstats.web.problems import Problem
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# Made once: `json.dumps` with an option builds an encoder on every call.
+_STATISTICS_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class Resource:
@@ -103,7 +105,7 @@ class StatisticsResource(Resource):
             stats = call.result()  # read on the event loop (`EarlyCalls`)
         else:
             stats = self._store.get(sensor)
-        resp.data = json.dumps(stats.as_json(), ensure_ascii=False).encode()
+        resp.data = _STATISTICS_JSON.encode(stats.as_json()).encode()
         resp.content_type = falcon.MEDIA_JSON
 
     on_head = on_get
