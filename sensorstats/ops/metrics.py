@@ -7,9 +7,9 @@ instance is. Label values are bounded: routes are templates (a sensor id
 never becomes a label), methods outside HTTP's own are ``other``, store and
 etcd outcomes are fixed sets.
 
-The hot path caches the labelled children (`labels()` costs a lock and a
-dict lookup per call), so recording a request is two dict lookups, a
-counter increment and a histogram observation.
+A request is counted without a lock (`sensorstats.ops.tallies`); the store
+path caches the labelled children (`labels()` costs a lock and a dict
+lookup per call).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from sensorstats.core.errors import StoreFull, StoreUnavailable
 from sensorstats.core.idempotency import IdempotencyKey, IdempotencyKeyReused
 from sensorstats.core.stats import Stats
 from sensorstats.ops.readiness import Readiness
+from sensorstats.ops.tallies import RequestTallies
 from sensorstats.store import Store
 from sensorstats.store.breaker import CLOSED, CircuitOpen
 from sensorstats.store.calls import Ready, StartedCall, StartedRead, StartedWrite
@@ -129,31 +130,9 @@ class Metrics:
         )
 
         # --- HTTP ---------------------------------------------------------------
-        self._requests = Counter(
-            "sensorstats_http_requests",
-            "Requests answered, by method, route template and status code.",
-            ["method", "route", "status"],
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "sensorstats_http_request_duration_seconds",
-            "Time from the app receiving a request to its answer, by method and route template.",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._received = Counter(
-            "sensorstats_http_request_body_bytes",
-            "Request body bytes received, by route template.",
-            ["route"],
-            registry=registry,
-        )
-        self._sent = Counter(
-            "sensorstats_http_response_body_bytes",
-            "Response body bytes sent, by route template.",
-            ["route"],
-            registry=registry,
-        )
+        # Requests are counted without a lock per observation (`tallies`).
+        self._requests = RequestTallies(LATENCY_BUCKETS)
+        registry.register(self._requests)
         self._ingested = Counter(
             "sensorstats_measurements_ingested",
             "Measurements in batches the store acknowledged (a replay of an "
@@ -166,7 +145,6 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
         # --- the store, as the app calls it --------------------------------------
         self._store_operations = Counter(
@@ -295,25 +273,7 @@ class Metrics:
         sent: int,
     ) -> None:
         """Count one answered request; `method` as `method_label` gives it."""
-        key = (method, route, status)
-        children = self._request_children.get(key)
-        if children is None:
-            # Two threads may both get here for a new key: labels() returns
-            # the same children to both, so the race is harmless.
-            children = (
-                self._requests.labels(method, route, str(status)),
-                self._latency.labels(method, route),
-                self._received.labels(route),
-                self._sent.labels(route),
-            )
-            self._request_children[key] = children
-        count, latency, received_bytes, sent_bytes = children
-        count.inc()
-        latency.observe(seconds)
-        if received:
-            received_bytes.inc(received)
-        if sent:
-            sent_bytes.inc(sent)
+        self._requests.count(method, route, status, seconds, received, sent)
 
     def batch_rejected(self, reason: str) -> None:
         """A POST /data refused as `reason` (a problem type name, or a status code)."""
