@@ -209,6 +209,14 @@ def _header_lookup(headers: Mapping[str, str]) -> Callable[[str], str | None]:
     """Look a header up by its HTTP name in the server's CGI-style header mapping."""
 
     def header(name: str) -> str | None:
-        return headers.get(name.upper().replace("-", "_"))
+        cgi_name = _CGI_NAMES.get(name)
+        if cgi_name is None:
+            cgi_name = _CGI_NAMES[name] = name.upper().replace("-", "_")
+        return headers.get(cgi_name)
 
     return header
+
+
+# HTTP header names as the server's mapping spells them ("Idempotency-Key":
+# "IDEMPOTENCY_KEY"); only the names this module and the middleware ask for.
+_CGI_NAMES: dict[str, str] = {}

@@ -34,6 +34,7 @@ the whole request then counts the applied chunks twice.
 from __future__ import annotations
 
 import itertools
+import operator
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -252,14 +253,14 @@ class EtcdStore:
 
     def _updates(self, deltas: Mapping[str, Stats]) -> list[Update]:
         """The updates of `deltas`, in sorted key order (see the module docstring)."""
-        return sorted(
-            (
-                Update(sensor_key(self._prefix, sensor), delta)
-                for sensor, delta in deltas.items()
-                if delta.count
-            ),
-            key=lambda update: update.key,
-        )
+        updates = [
+            Update(sensor_key(self._prefix, sensor), delta)
+            for sensor, delta in deltas.items()
+            if delta.count
+        ]
+        if len(updates) > 1:
+            updates.sort(key=_KEY_OF)
+        return updates
 
     def _request_id(self) -> str:
         """Unique to this store object, then a counter: far cheaper than 128 random bits."""
@@ -299,6 +300,9 @@ class EtcdStore:
                 if not fail_over or (failure.outcome_unknown and not repeatable):
                     raise
         return call()
+
+
+_KEY_OF = operator.attrgetter("key")
 
 
 def _stats_of(seen: Seen) -> Stats:
