@@ -8,6 +8,8 @@
 --   hot       POST /data, 1 measurement, always the sensor PREFIX-hot
 --   batch     POST /data, 1,000 measurements over the 50 sensors PREFIX-0..49
 --             (20 each; PREFIX-0 is the one the driver checks)
+--   gateway   POST /data, 50 measurements over the 10 sensors PREFIX-0..9 (5 each):
+--             what an edge gateway sends every second
 --   batch-gzip  the same batch, gzip-compressed, from the file BODY_FILE that the
 --             driver wrote (Lua has no zlib): -- batch-gzip PREFIX BODY_FILE
 --   get       GET /statistics/PREFIX-get (the driver creates that sensor first)
@@ -21,6 +23,8 @@ local answers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "wrk_ans
 local TIMESTAMP = "2021-11-09T21:38:09+01:00"
 local BATCH_SIZE = 1000
 local BATCH_SENSORS = 50
+local GATEWAY_SIZE = 50
+local GATEWAY_SENSORS = 10
 
 setup = answers.setup
 
@@ -37,6 +41,15 @@ local function post(body, encoding)
       headers["Authorization"] = "Bearer " .. token
    end
    return wrk.format("POST", "/data", headers, body)
+end
+
+-- `size` measurements over the sensors PREFIX-0 to PREFIX-<sensors - 1>, in turn.
+local function batch(size, sensors)
+   local items = {}
+   for i = 0, size - 1 do
+      items[#items + 1] = measurement(prefix .. "-" .. (i % sensors), tostring(i))
+   end
+   return "[" .. table.concat(items, ", ") .. "]"
 end
 
 function init(args)
@@ -63,11 +76,9 @@ function init(args)
    if mode == "hot" then
       fixed = post("[" .. measurement(prefix .. "-hot", "21.5") .. "]")
    elseif mode == "batch" then
-      local items = {}
-      for i = 0, BATCH_SIZE - 1 do
-         items[#items + 1] = measurement(prefix .. "-" .. (i % BATCH_SENSORS), tostring(i))
-      end
-      fixed = post("[" .. table.concat(items, ", ") .. "]")
+      fixed = post(batch(BATCH_SIZE, BATCH_SENSORS))
+   elseif mode == "gateway" then
+      fixed = post(batch(GATEWAY_SIZE, GATEWAY_SENSORS))
    elseif mode == "batch-gzip" then
       local file = assert(io.open(args[3], "rb"))
       fixed = post(file:read("*a"), "gzip")
