@@ -124,8 +124,9 @@ class PendingWrite:
     ops: int = field(init=False)
     size: int = field(init=False)
     # Called to wake the writer's thread: its outcome is known, or it may lead.
-    # A write ahead shares the committer's, and is told its outcome by `decided`.
-    wake: WakeUp = field(init=False, default_factory=WakeUp)
+    # Given when the write is queued: its own for `write`; a write ahead
+    # shares the committer's, and is told its outcome by `decided`.
+    wake: WakeUp = field(init=False)
     decided: Callable[[], None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -189,6 +190,7 @@ class WriteCombiner:
 
     def write(self, pending: PendingWrite) -> None:
         """Apply `pending` in some batch; raises StoreUnavailable with its own outcome."""
+        pending.wake = WakeUp()
         with self._lock:
             self._queue.append(pending)
             gather = self._gathering.arrive(
