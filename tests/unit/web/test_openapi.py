@@ -93,9 +93,9 @@ def test_the_document_states_the_rules_of_a_body_as_the_core_does():
 
 
 @pytest.mark.parametrize("rule", [MEDIA_TYPE_RULES, CODING_RULES, TIMESTAMP_RULES])
-def test_the_readme_states_the_same_rules(rule):
-    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
-    assert rule in readme
+def test_the_http_contract_states_the_same_rules(rule):
+    contract = Path(__file__).resolve().parents[3] / "sensorstats" / "web" / "README.md"
+    assert rule in " ".join(contract.read_text().split())
 
 
 def test_the_document_states_this_instances_limits():
