@@ -31,9 +31,10 @@ _STATISTICS_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class Resource:
-    """What every resource answers alike: ``OPTIONS`` is 204 with ``Allow`` (CONTRACT §1).
+    """What every resource answers alike: ``OPTIONS`` is 204 with ``Allow``.
 
-    Falcon's own OPTIONS answers 200; HEAD is served by each resource's
+    Falcon's own OPTIONS answers 200, where the HTTP contract
+    (``sensorstats/web/README.md``) says 204; HEAD is served by each resource's
     ``on_head = on_get``, and falcon drops the body but keeps the headers.
     """
 

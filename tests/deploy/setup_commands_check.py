@@ -1,6 +1,6 @@
 """The README's two set-up commands, run as a new user would: on Debian's own Python.
 
-    python3 -m tox -e setup
+    .venv/bin/tox -e setup
 
 Debian 12 and Ubuntu 23.04+ mark their system Python as externally managed
 (PEP 668): `pip install` into it fails with externally-managed-environment.

@@ -606,7 +606,7 @@ def test_etcd_compacts_history_within_a_quota_its_volume_holds(
     statefulset: Manifest, etcd: Manifest, etcd_config: dict[str, Any]
 ) -> None:
     # Every POST adds history; an hour of it at full rate would fill the
-    # quota (README, "Capacity"), so compaction keeps minutes, not hours.
+    # quota (kube/README.md, capacity), so compaction keeps minutes, not hours.
     assert etcd_config["auto-compaction-mode"] == "periodic"
     assert etcd_config["auto-compaction-retention"] in ("5m", "300s")
     # etcd's config file is typed: a quoted number would be refused.

@@ -5,9 +5,10 @@ and oversized bodies; odd methods, request targets and HTTP versions; odd
 framing headers (Content-Length, Transfer-Encoding, Expect), duplicate and
 non-ASCII headers. Whatever arrives, a client must see:
 
-- no 5xx, except the 501 that RFC 9112 §6.1 prescribes (and the README
-  lists) for a transfer coding the server does not implement, and the 501
-  of RFC 9110 §15.6.2 for a method HTTP does not define;
+- no 5xx, except the 501 that RFC 9112 §6.1 prescribes (and the HTTP
+  contract, sensorstats/web/README.md, lists) for a transfer coding the
+  server does not implement, and the 501 of RFC 9110 §15.6.2 for a method
+  HTTP does not define;
 - every request answered, or its connection closed, within `BOUND` seconds:
   the client half-closes after sending, so an incomplete request ends at
   once rather than at the receive timeout;

@@ -37,7 +37,7 @@ def oracle(measurements: list[dict[str, Any]]) -> dict[str, Any]:
     """What GET must answer for these measurements, computed independently."""
     if not measurements:
         return {"last_measurement": None, "count": 0, "avg": 0.0}
-    # Ties between equal instants go to the greater string, as the README says.
+    # Ties between equal instants go to the greater string (sensorstats/web/README.md).
     latest = max(
         measurements, key=lambda m: (datetime.fromisoformat(m["timestamp"]), m["timestamp"])
     )

@@ -91,7 +91,7 @@ class Cluster:
         port_a, port_b = free_ports(2)
         self.a = Instance("a", port_a, [m.url for m in self.members], directory)
         # Unlike a's default 128: a keyed retry through the other instance is
-        # split otherwise (keyed chunks of 63 and 23 sensors, see README).
+        # split otherwise (keyed chunks of 63 and 23 sensors, see store/etcd/keyed.py).
         self.b = Instance(
             "b",
             port_b,

@@ -1,4 +1,7 @@
-"""Reading a POST body: every bad-input class of CONTRACT §2, and exact grouping by sensor.
+"""Reading a POST body: every bad input the HTTP contract names, and exact grouping by sensor.
+
+The bad inputs are those of "The batch", "Sensor ids", "Values" and
+"Timestamps" in sensorstats/web/README.md.
 
 The tables `BAD_DOCUMENTS` and `BAD_FIELDS` are driven through `parse_batch`
 here and through the HTTP app in test_app.py.

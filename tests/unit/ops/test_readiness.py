@@ -150,7 +150,8 @@ def test_draining_is_for_good(readiness):
 
 
 def test_the_default_ttl_keeps_answers_about_a_second(store, clock):
-    # CONTRACT §5: the check is cached "for at most about a second".
+    # The HTTP contract ("Readiness and liveness", sensorstats/web/README.md):
+    # the store is checked about once a second.
     assert 0 < CHECK_TTL_SECONDS <= 1.0
     readiness = Readiness(store, clock=clock)
     readiness.is_ready()

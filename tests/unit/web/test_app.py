@@ -391,7 +391,7 @@ def test_every_error_is_a_problem_document(failure, method, url, data, status):
 
 @pytest.mark.parametrize(("failure", "method", "url", "data", "status"), ERRORS)
 def test_every_error_has_a_detail(failure, method, url, data, status):
-    # CONTRACT §1: every error body has type, title, status and detail.
+    # The HTTP contract ("Errors"): every error body has type, title, status and detail.
     client = client_with(FailingStore(failure) if failure else None)
     result = client.simulate_request(method, url, body=data)
     assert result.status_code == status
@@ -490,7 +490,7 @@ def test_healthz_says_why_it_is_not_ready():
     assert "etcd has no leader" in document["detail"]
 
 
-# --- HEAD and OPTIONS (CONTRACT §1) --------------------------------------------------
+# --- HEAD and OPTIONS (the HTTP contract, "Methods, HEAD and OPTIONS") -----------------
 
 
 @pytest.mark.parametrize(

@@ -433,7 +433,7 @@ def test_the_app_takes_its_tokens_from_the_file_setting(tmp_path: Path) -> None:
 
 
 def test_acceptance_from_outside(tmp_path: Path) -> None:
-    """Issue 11's acceptance, checked against `python -m sensorstats` over HTTP."""
+    """The HTTP contract's "Access control", checked against `python -m sensorstats` over HTTP."""
     env = {"SENSORSTATS_API_TOKENS": f"writer:{WRITER}"}
     with start_service(env=env, log_dir=tmp_path) as service:
         for headers in ({}, bearer(READER)):

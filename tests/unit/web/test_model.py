@@ -9,7 +9,8 @@ and the effect each idempotency key was first used with. After every step
 every instance must answer `GET /statistics/{id}` for every sensor exactly
 as the model says: the count, the mean bit for bit (the contract's oracle
 ``float(sum(map(Fraction, values)) / len(values))``) and `last_measurement`
-(CONTRACT §3: the latest instant, ties broken by the greater string).
+(the HTTP contract, "Timestamps": the latest instant, ties broken by the
+greater string).
 
 It runs on the embedded store (one instance, which applies a batch whole),
 and on a real etcd with four `EtcdStore` objects on one prefix behind four
@@ -180,7 +181,7 @@ KEYS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1
 
 
 def instant(text: str) -> datetime:
-    """The instant a timestamp names (CONTRACT §2: without an offset it is UTC)."""
+    """The instant a timestamp names (the HTTP contract: without an offset it is UTC)."""
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

@@ -37,6 +37,7 @@ from sensorstats.ops.readiness import Readiness
 from sensorstats.settings import Settings
 from sensorstats.store import Store
 from sensorstats.store.memory import MemoryStore
+from sensorstats.web import problems
 from sensorstats.web.app import create_app
 from sensorstats.web.openapi import SERVER_STATUSES, openapi_document
 from tests.support.etcd_process import EtcdProcess
@@ -92,10 +93,32 @@ def test_the_document_states_the_rules_of_a_body_as_the_core_does():
     assert timestamp["description"] == TIMESTAMP_RULES
 
 
+# The HTTP contract in words; this document is its machine-readable twin.
+CONTRACT = Path(__file__).resolve().parents[3] / "sensorstats" / "web" / "README.md"
+
+
 @pytest.mark.parametrize("rule", [MEDIA_TYPE_RULES, CODING_RULES, TIMESTAMP_RULES])
-def test_the_readme_states_the_same_rules(rule):
-    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
-    assert rule in readme
+def test_the_http_contract_states_the_same_rules(rule):
+    assert rule in " ".join(CONTRACT.read_text().split())
+
+
+def test_the_http_contract_lists_every_route_and_method():
+    routes = CONTRACT.read_text().partition("## Routes\n")[2].partition("\n## ")[0]
+    listed = set(re.findall(r"^\| `(GET|POST|DELETE) (/\S*)` \|", routes, re.MULTILINE))
+    document = openapi_document(Settings())
+    # HEAD and OPTIONS are stated once for every route.
+    assert listed == {
+        (method, path) for path, method in operations(document) if method not in ("HEAD", "OPTIONS")
+    }
+
+
+def test_the_http_contract_lists_every_problem_type_with_its_status():
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", CONTRACT.read_text(), re.MULTILINE)
+    by_kind = {(kind.status[:3], kind.name) for kind in problems.KINDS.values()}
+    elsewhere = {problems.NOT_READY, problems.UNAUTHORIZED, problems.SERVER_BUSY}
+    named = {uri.removeprefix(problems.problem_type("")) for uri in elsewhere}
+    assert {name for _, name in rows} == {name for _, name in by_kind} | named
+    assert by_kind <= set(rows)
 
 
 def test_the_document_states_this_instances_limits():
