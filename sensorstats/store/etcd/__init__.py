@@ -34,12 +34,10 @@ back-off, and nothing is sent past the request's write deadline
 (`writes`).
 
 **Lost answers** (`writes`). A timeout or UNAVAILABLE may hide a commit, so
-a batch is never re-applied on a guess. Each chunk carries a request marker
+a batch is never re-applied on a guess: each chunk carries a request marker
 (an id drawn once per instance plus a counter: unique across instances and
-restarts), written with a lease that outlives the write deadline. Every
-attempt requires the marker to be absent and writes it when it commits, so
-after a lost answer the next attempt either commits or finds the marker and
-stops: at most one attempt ever commits.
+restarts) that every attempt requires absent and writes when it commits, so
+at most one attempt ever commits.
 
 **Combining** (`combining`, `gathering`). Concurrent POSTs in one instance
 share transactions (group commit): one transaction is in flight at a time,
