@@ -39,7 +39,10 @@ where this module does it (each time the narrowest hook waitress offers):
   loop, and once the call is settled the request is served on the loop too,
   like a probe, with the call in its environ: the app takes the outcome and
   never blocks (see `sensorstats.web.early`). No worker thread waits for
-  etcd or is woken for these requests at all.
+  etcd or is woken for these requests at all. Not for a request pipelined
+  behind one a worker serves (the worker takes it next), nor while the
+  circuit breaker is not closed (`sensorstats.store.breaker`): those call
+  the store from a worker.
 - **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
   heads and bodies, timeouts: RFC 9457 documents, not waitress's text/plain.
 - **Lingering close** (`Channel`). After an error answer the client may
@@ -73,6 +76,11 @@ The price of holding many: every turn of the loop visits every open
 connection, which is why accepting is batched (`ACCEPT_BATCH`), deadlines
 are enforced four times a second rather than on every turn, and the channel
 adds no call of its own to a turn.
+
+Deliberately left unanswered: connections displaced at the limit or closed
+when idle (as HTTP allows for idle connections), a newcomer when every
+connection has a request in progress, and a lingering client that sends
+more than `LINGER_BYTES` or for longer than `LINGER_SECONDS` (a reset).
 
 Where waitress offers no hook, the override is the narrowest one, and
 ``tests/unit/server/test_waitress_names.py`` pins every waitress name relied
