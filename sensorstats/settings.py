@@ -54,6 +54,8 @@ class Settings:
     etcd_timeout: float = 2.0
     etcd_max_txn_ops: int = 128
     write_timeout: float = 5.0
+    # Not waitress's 4: with etcd, a request spends most of its time waiting
+    # on the network, with the interpreter lock released.
     threads: int = 16
     connection_limit: int = 2048
     idle_timeout: float = 75.0
@@ -318,7 +320,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "idempotency_ttl",
         _seconds(1, 7 * 86_400),
-        "how long a POST's Idempotency-Key is remembered, seconds (see README, Capacity)",
+        "how long a POST's Idempotency-Key is remembered, seconds (kube/README.md, Capacity)",
     ),
     Option("log_level", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Option(

@@ -21,8 +21,8 @@
 #   api-tokens             "sensors:<64 hex digits>", one bearer token
 #
 # Run it again to renew the certificates: an existing CA is kept (so nothing
-# else needs it anew) and api-tokens is never overwritten. See README.md,
-# "Security", for rotating the CA and the tokens.
+# else needs it anew) and api-tokens is never overwritten. See
+# kube/secure/README.md for rotating the CA and the tokens.
 set -eu
 
 namespace=default
@@ -106,7 +106,7 @@ sign member "/CN=etcd" member
 sign client "/CN=sensorstats" client
 
 if [ ! -f api-tokens ]; then
-    printf '# One bearer token a line, name:token; see README.md, "Security".\n' > api-tokens
+    printf '# One bearer token a line, name:token; see kube/secure/README.md.\n' > api-tokens
     printf 'sensors:%s\n' "$(openssl rand -hex 32)" >> api-tokens
     echo "made api-tokens"
 fi

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from sensorstats.core.stats import Stats
 
 MAX_KEY_LENGTH = 255
-# How long a key is remembered by default; see README, "Capacity".
+# How long a key is remembered by default; kube/README.md, "Capacity", has
+# what a window costs in etcd.
 DEFAULT_WINDOW_SECONDS = 600
 # RFC 8941 sf-string contents: printable ASCII, with \" and \\ escapes.
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')

@@ -1,8 +1,23 @@
 """What a measurement's timestamp may be, stated once.
 
-`TIMESTAMP_RULES` is the rule in words: the OpenAPI document states it as
-is, and a test holds the README to it. `parse_datetime` is the rule in code,
-and its errors say what was wrong in the same words, with an example.
+`TIMESTAMP_RULES` is the rule in words: the OpenAPI document and the HTTP
+contract (sensorstats/web/README.md) state it as is. `parse_datetime` is
+the rule in code, and its errors say what was wrong in the same words, with
+an example.
+
+Why the rule is what it is. Whatever `datetime.fromisoformat` (3.11)
+accepts, and a lowercase ``z``, which RFC 3339 allows and it refuses; at
+most `MAX_TIMESTAMP_LENGTH` characters (it accepts any number of fractional
+digits, and stored records must stay bounded) and no unpaired surrogates
+(it accepts any character as the separator, and such a string cannot be
+stored or served as UTF-8). Stored records are read by the same rule, so
+the rule may only ever accept more. A timestamp without an offset is UTC:
+the service is not told a device's zone, and guessing one (its own) would
+order the same readings differently on instances in different zones. A
+date alone is its midnight, since `fromisoformat` reads it so. Instants are
+compared at microsecond precision, Python's; equal instants (``…Z`` and
+``…+00:00``, or digits past the sixth) are resolved by the greater string,
+so the result never depends on arrival order (`stats.Timestamp`).
 """
 
 from __future__ import annotations

@@ -39,14 +39,20 @@ where this module does it (each time the narrowest hook waitress offers):
   loop, and once the call is settled the request is served on the loop too,
   like a probe, with the call in its environ: the app takes the outcome and
   never blocks (see `sensorstats.web.early`). No worker thread waits for
-  etcd or is woken for these requests at all.
+  etcd or is woken for these requests at all. Not for a request pipelined
+  behind one a worker serves (the worker takes it next), nor while the
+  circuit breaker is not closed (`sensorstats.store.breaker`): those call
+  the store from a worker.
 - **Problem documents** (`ProblemErrorTask`). Malformed HTTP, oversized
   heads and bodies, timeouts: RFC 9457 documents, not waitress's text/plain.
 - **Lingering close** (`Channel`). After an error answer the client may
   still be sending; closing with unread data makes the kernel send a reset
-  that can destroy the answer in flight. The channel shuts down its sending
+  that can destroy the answer in flight (curl and most libraries write
+  their whole body before they read). The channel shuts down its sending
   side and discards what arrives for at most `LINGER_SECONDS` or
-  `LINGER_BYTES`, then closes.
+  `LINGER_BYTES`, then closes. It clears waitress's close flags for this
+  rather than overriding ``readable`` and ``writable``: those are asked of
+  every connection on every turn of the loop.
 - **Expect: 100-continue** (`Channel.send_continue`). A request refused on
   its head (a declared length over the limit) gets its answer without a
   ``100 Continue`` first, so the client never uploads the body.
@@ -58,6 +64,38 @@ where this module does it (each time the narrowest hook waitress offers):
   which have no body to delimit; here they keep the connection open unless
   the client asked to close. While the instance drains, every response
   closes its connection, so keep-alive clients move to other instances.
+
+The body limit is checked on the head: a declared ``Content-Length`` over
+it is refused before any of the body is read, a chunked body as soon as its
+de-chunked size passes it. Waitress's own limit beneath, 16 times ours,
+only bounds the raw bytes of a chunked body with absurd framing, and
+answers the same problem document. With the 16 KiB cap on a head
+(`HEADER_LIMIT_BYTES`), a connection holds about 2.8 KB idle and 16.5 KB
+with a nearly full head, and bodies in flight at most the receive budget.
+The price of holding many: every turn of the loop visits every open
+connection, which is why accepting is batched (`ACCEPT_BATCH`), deadlines
+are enforced four times a second rather than on every turn, and the channel
+adds no call of its own to a turn.
+
+Deliberately left unanswered: connections displaced at the limit or closed
+when idle (as HTTP allows for idle connections), a newcomer when every
+connection has a request in progress, and a lingering client that sends
+more than `LINGER_BYTES` or for longer than `LINGER_SECONDS` (a reset).
+
+Where waitress offers no hook, the override is the narrowest one, and
+``tests/unit/server/test_waitress_names.py`` pins every waitress name relied
+on, so an upgrade fails in one place:
+
+- accepting past the limit: `ConnectionServer.readable` and
+  ``handle_accept``; the deadlines: its ``maintenance``;
+- serving on the loop (waitress always dispatches to threads):
+  `ConnectionServer.add_task` keeps probes, error answers and requests with
+  a started call back, and the channel serves them once parsing is done;
+- refusing a body on its head without ``100 Continue``: `Parser.received`
+  and `Channel.send_continue`;
+- lingering close: `Channel.handle_close` and ``handle_read``;
+- problem documents: `ProblemErrorTask`; bare LF: `Parser`;
+- keep-alive on bodiless answers: `KeepAliveTask.build_response_header`.
 """
 
 from sensorstats.server.serving import Server, ensure_descriptors

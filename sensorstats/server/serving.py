@@ -5,7 +5,9 @@ its event loop ourselves instead, so that a stop signal (SIGTERM from a
 container runtime, also as PID 1, or SIGINT) drains the instance:
 
 1. /healthz turns 503 at once, so load balancers stop sending new requests;
-2. after ``drain_delay`` the listening sockets close;
+2. after ``drain_delay`` the connections already in the kernel's accept
+   queue are accepted (closing would reset them) and the listening sockets
+   close;
 3. requests whose head was received are answered and their responses
    flushed, for at most ``shutdown_timeout`` (a head still being received
    is not waited for: it closes with its connection);

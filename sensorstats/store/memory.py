@@ -1,4 +1,8 @@
-"""The embedded store: one process's memory, for a single instance."""
+"""The embedded store: one process's memory, for a single instance.
+
+What a sensor costs here, and what the Deployment's memory limit leaves room
+for, is in kube/README.md, "Capacity".
+"""
 
 from __future__ import annotations
 

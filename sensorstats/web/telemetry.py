@@ -11,7 +11,7 @@ logger: method, route template, path (as sent, percent-encoding kept),
 status, duration, body bytes in and out, client address, user agent and the
 request id. A request's duration runs from the moment the server had all of
 it (`RECEIVED_AT`, set by `sensorstats.server.tasks`) to its answer: the wait for a
-worker thread, or for a store call started ahead (`sensorstats.store.ahead`),
+worker thread, or for a store call started ahead (`sensorstats.store.calls`),
 counts, as the client sees it.
 """
 

@@ -3,20 +3,26 @@
 A writer queues its `PendingWrite` and then either leads or waits. A thread
 leads when fewer than `max_in_flight` transactions are in flight and the
 oldest queued writes whose keys no transaction in flight touches can start:
-it takes them, oldest first, as many as one transaction holds, runs them as
-one batch outside the lock, and wakes everyone when the batch is decided.
+it takes them, oldest first, as many as one transaction holds (etcd's
+operations per transaction, and about 1 MiB), runs them as one batch
+outside the lock (`writes`, which merges their deltas per sensor), and
+wakes everyone when the batch is decided. The store keeps one transaction
+in flight: each gRPC call costs far more than one more write in it.
 Writes to a key already in flight wait for that transaction to finish, so an
 instance never races itself for a key: a hot sensor costs one round trip for
 all the requests that queued behind the previous one.
 
 Each write keeps its own marker and learns its own outcome: the batch sets
-it per write (`PendingWrite.succeed` / `fail`). Every wait has a deadline: a
-write still queued when too little of its deadline is left to send an
-attempt fails as "not applied" (nothing was sent); a write whose batch has
-not finished shortly after its deadline reports its outcome as unknown.
+it per write (`PendingWrite.succeed` / `fail`): a failure, an unknown
+outcome or a marker found reaches exactly the writes it concerns. Every wait
+has a deadline: a write still queued when less than `MIN_ATTEMPT_SECONDS`
+of its deadline is left fails as "not applied" without being sent (an
+attempt with a shorter timeout could only turn a certain answer into an
+unknown one); a write whose batch has not finished shortly after its
+deadline reports its outcome as unknown.
 
 A write may also be queued by a thread that must not wait, the server's
-event loop (`write_ahead`, see `sensorstats.store.ahead`): it is told its outcome
+event loop (`write_ahead`, see `sensorstats.store.calls`): it is told its outcome
 by a callback, and the combiner's own committer thread leads the batches
 that such writes need, with the same rules. Queued with the others, these
 writes share their transactions, whichever thread leads. The committer fails

@@ -57,9 +57,10 @@ upgrade a retry may meet such markers, and they do not say which sensors
 they cover. This release assumes the previous one split as it would have
 with this instance's setting (`legacy_chunks`): chunk ``i``'s marker covers
 the sensors of that chunk. That is exact while both releases run with the
-same ``SENSORSTATS_ETCD_MAX_TXN_OPS``, which the README's upgrade rule asks
-for; a marker numbered past this split proves another setting and is
-refused with 503, since guessing could count sensors twice or miss them.
+same ``SENSORSTATS_ETCD_MAX_TXN_OPS``, which the upgrade rule asks for
+(kube/README.md, "Rolling upgrades"); a marker numbered past this split
+proves another setting and is refused with 503, since guessing could count
+sensors twice or miss them.
 Every keyed transaction therefore also compares that no marker in the
 range ``[keys/<digest>/0, keys/<digest>/:)`` was created at or after the
 revision it last saw there (none yet: revision 1). The next release drops

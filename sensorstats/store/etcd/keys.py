@@ -11,7 +11,7 @@
 ``<prefix>requests/<request id>/<chunk>``
     A request marker: written, with a short lease, by the transaction that
     applies one chunk of one POST, so that a retry can tell whether an
-    attempt whose answer was lost did commit. See `etcd_writes`.
+    attempt whose answer was lost did commit. See `writes`.
 
 ``<prefix>keys/<digest of client scope and Idempotency-Key>``
     The key marker of a POST with an ``Idempotency-Key``: the same for every

@@ -1,34 +1,20 @@
-"""The etcd store: statistics in an etcd cluster shared by every instance.
+"""The etcd store: the `Store` assembled from this package's parts.
 
-Layout (see `etcd_keys`): one key per sensor, ``<prefix>sensors/<quoted id>``,
-holding `Stats.encode()`, one request marker per chunk of a POST, and with
-an Idempotency-Key one marker per sensor and one per key (`keyed`).
+The design is the package's docstring (`sensorstats.store.etcd`). The parts:
 
-The store is assembled from parts that each do one job:
-
-- `etcd_client`: calls to any member, failover, one deadline per call;
-- `etcd_txn`: the compare-and-swap and read transactions, built and read;
+- `client`: calls to any member, failover, one deadline per call;
+- `txn`: the compare-and-swap and read transactions, built and read;
 - `combining`: concurrent POSTs in this instance share transactions, each
   keeping its own marker and outcome (group commit);
-- `etcd_writes`: committing one shared batch, retries and lost answers;
+- `writes`: committing one shared batch, retries and lost answers;
+- `keyed`: the markers that make a keyed POST count exactly once;
 - `read_rounds`: concurrent GETs share linearizable reads sent after they
-  arrived, by one sender thread; a GET's read may be started ahead, on the
-  server's event loop (`sensorstats.store.calls`), and its `get` then takes
-  that answer; so may a POST's write of one chunk, and its `apply` then
-  takes that outcome;
-- `etcd_memory`: the last seen records, and the marker lease.
+  arrived, by one sender thread;
+- `cache`: the last seen records, and the marker lease.
 
-Atomicity: etcd allows ``--max-txn-ops`` (128) operations per list of a
-transaction, and a request at most ``--max-request-bytes`` (1.5 MiB). A batch
-that needs more is split into chunks of at most ``max_txn_ops - 1`` sensors
-(the marker takes one operation), ``(max_txn_ops - 2) // 2`` with an
-Idempotency-Key (a marker per sensor and two guards, see `keyed`), and
-about 1 MiB, in sorted key order (two
-instances updating overlapping large batches take the keys in the same order
-and cannot starve each other). Each chunk is atomic; the batch as a whole is
-not: a reader may see some chunks before others, and when a later chunk
-fails the earlier ones stay applied, which the error detail says. Retrying
-the whole request then counts the applied chunks twice.
+A GET's read may be started ahead, on the server's event loop
+(`sensorstats.store.calls`), and its `get` then takes that answer; so may a
+POST's write of one chunk, and its `apply` then takes that outcome.
 """
 
 from __future__ import annotations
@@ -78,8 +64,8 @@ CHECK_TIMEOUT = 0.5
 # Transactions one instance keeps in flight at once, each carrying every
 # write that queued meanwhile. A gRPC call costs this instance about 0.3 ms
 # of CPU and etcd its own, so one large transaction beats several small ones;
-# measured side by side, a second one in flight gained nothing (README,
-# "Benchmark").
+# measured side by side with the benchmark (`tox -e bench`), a second one in
+# flight gained nothing.
 MAX_WRITES_IN_FLIGHT = 1
 
 
@@ -252,7 +238,7 @@ class EtcdStore:
     # --- writing, reading and failover -------------------------------------
 
     def _updates(self, deltas: Mapping[str, Stats]) -> list[Update]:
-        """The updates of `deltas`, in sorted key order (see the module docstring)."""
+        """The updates of `deltas`, in sorted key order (see "Chunking" in the package)."""
         updates = [
             Update(sensor_key(self._prefix, sensor), delta)
             for sensor, delta in deltas.items()

@@ -1,6 +1,6 @@
 """Committing one batch of writes to etcd: retries, lost answers, honest outcomes.
 
-A batch (see `combining`) is committed as one transaction (`etcd_txn`): the
+A batch (see `combining`) is committed as one transaction (`txn`): the
 merged deltas of all its writes, and each write's own request marker (with
 an Idempotency-Key, its markers and guards, and only the sensors no marker
 shows applied: see `keyed`).
@@ -27,7 +27,15 @@ Once an answer was lost, the outcome stays unknown until an attempt commits or
 finds the markers: a later refused compare does not prove the lost attempt
 cannot still commit (it may sit in a member's queue and commit once a DELETE
 makes a compared key absent again). A write whose marker is found is
-reported applied, whichever attempt wrote it.
+reported applied, whichever attempt wrote it. If the deadline passes first,
+the 503 says the outcome is unknown: such a request may still land later,
+but only once.
+
+Markers expire by themselves: request markers sit on a lease used for
+`MARKER_LEASE_ROTATION` seconds and living that plus the write deadline plus
+`MARKER_LEASE_MARGIN`, so a marker outlives every attempt that may look for
+it; keyed markers on a lease replaced every tenth of the idempotency window
+(at most every minute), so they live between the window and 1.1 times it.
 """
 
 from __future__ import annotations
