@@ -59,6 +59,16 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         self._backlog: dict[Channel, None] = {}
         super().__init__(application, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
 
+    def pull_trigger(self) -> None:
+        # Waitress wakes the loop after every request it serves, and
+        # whenever output is left to send. On the loop thread itself (a
+        # request served inline or once its call settled) the loop is not
+        # waiting: it polls again right after, for that output too. A wake-up
+        # there is a write to the trigger's pipe, a read of it on the next
+        # turn, and the interpreter lock handed to another thread twice.
+        if threading.get_ident() != self.loop_thread:
+            super().pull_trigger()
+
     def readable(self) -> bool:
         # Unlike waitress, keep accepting at the connection limit (see `handle_accept`).
         return bool(self.accepting)

@@ -103,7 +103,7 @@ class WakeUp:
             self._called = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PendingWrite:
     """One chunk of one request: its updates, its markers and, once known, its outcome.
 

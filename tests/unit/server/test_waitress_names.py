@@ -47,7 +47,7 @@ OVERRIDES: dict[type, tuple[type, set[str]]] = {
     ),
     ConnectionServer: (
         TcpWSGIServer,
-        {"__init__", "readable", "maintenance", "handle_accept", "add_task"},
+        {"__init__", "readable", "maintenance", "handle_accept", "add_task", "pull_trigger"},
     ),
 }
 
