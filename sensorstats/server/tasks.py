@@ -25,6 +25,7 @@ class KeepAliveTask(WSGITask):  # type: ignore[misc]  # waitress is untyped
     """Waitress's WSGI task; a bodiless HTTP/1.1 response keeps the connection."""
 
     _bodiless_keep_alive = False
+    wrote_header: bool  # waitress's
 
     def get_environment(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environment()
@@ -56,6 +57,26 @@ class KeepAliveTask(WSGITask):  # type: ignore[misc]  # waitress is untyped
     def set_close_on_finish(self) -> None:
         if not self._bodiless_keep_alive:
             super().set_close_on_finish()
+
+    def write(self, data: bytes) -> None:
+        # Waitress sends the head and then the body, each at once (its
+        # `send_bytes` is 1): two system calls and two TCP segments for
+        # every answer with a body. A whole body written in one piece, as
+        # falcon writes every answer, goes out with its head. (With its
+        # length declared, waitress never chunks it.)
+        if (
+            data
+            and not self.wrote_header
+            and self.complete
+            and self.has_body
+            and self.content_length == len(data)
+        ):
+            head = self.build_response_header()
+            self.wrote_header = True
+            self.content_bytes_written += len(data)
+            self.channel.write_soon(head + data)
+            return
+        super().write(data)
 
 
 class ProblemErrorTask(ErrorTask):  # type: ignore[misc]  # waitress is untyped

@@ -31,7 +31,10 @@ from sensorstats.server.tasks import KeepAliveTask, ProblemErrorTask
 # Ours → the waitress class it narrows, and the waitress methods it overrides.
 OVERRIDES: dict[type, tuple[type, set[str]]] = {
     Parser: (HTTPRequestParser, {"__init__", "received", "close"}),
-    KeepAliveTask: (WSGITask, {"get_environment", "build_response_header", "set_close_on_finish"}),
+    KeepAliveTask: (
+        WSGITask,
+        {"get_environment", "build_response_header", "set_close_on_finish", "write"},
+    ),
     ProblemErrorTask: (ErrorTask, {"execute"}),
     Channel: (
         HTTPChannel,
