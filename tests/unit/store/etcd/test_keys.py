@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -61,3 +62,8 @@ def test_markers_and_the_probe_live_beside_the_sensors() -> None:
 def test_only_sensor_keys_name_a_sensor(key: str) -> None:
     with pytest.raises(ValueError, match="not a sensor key"):
         sensor_of(PREFIX, key)
+
+
+@given(st.text())
+def test_a_sensor_key_is_the_prefix_and_the_percent_encoded_id(sensor: str) -> None:
+    assert sensor_key(PREFIX, sensor) == PREFIX + "sensors/" + quote(sensor, safe="")
