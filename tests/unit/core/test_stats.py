@@ -614,8 +614,6 @@ LONG = b'[1,1,"' + b"f" * 200 + b'",0,"2021-11-09T21:38:09Z"]'
             b'[true,1,"1",0,"2021-11-09T21:38:09Z"]',
             "unknown statistics record version True",
             id="version-a-boolean",
-            # True == 1 passes the version check: read as a version-1 record today.
-            marks=pytest.mark.xfail(reason="decode reads version true as 1", strict=True),
         ),
         pytest.param(
             b'[1,0,"1",0,"2021-11-09T21:38:09Z"]',
