@@ -15,6 +15,7 @@ from sensorstats.core.stats import EMPTY, Stats, Timestamp
 from sensorstats.store.etcd.keys import key_marker_key, sensor_key, sensor_marker_key
 from sensorstats.store.etcd.txn import (
     ABSENT,
+    MARKER_BYTES,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     MIN_TXN_OPS,
@@ -257,11 +258,12 @@ def test_seen_of_a_corrupt_record_is_an_outage_with_its_words() -> None:
 
 
 def test_the_limits_and_costs_are_their_literal_values() -> None:
-    assert (MAX_TXN_OPS, MIN_TXN_OPS, MAX_TXN_BYTES, RECORD_BYTES) == (128, 4, 1 << 20, 1024)
+    assert (MAX_TXN_OPS, MIN_TXN_OPS, MAX_TXN_BYTES) == (128, 4, 1 << 20)
+    assert (RECORD_BYTES, MARKER_BYTES) == (1024, 80)
     assert key_cost("abc") == 9 + 1024
     assert key_cost("é") == 6 + 1024  # bytes, not characters
-    assert marker_cost("abc") == 9 + 32
-    assert marker_cost("é") == 6 + 32
+    assert marker_cost("abc") == 9 + 80
+    assert marker_cost("é") == 6 + 80
 
 
 # The largest record a sensor can hold: a count past any real one, a mantissa of
@@ -304,6 +306,29 @@ def test_the_size_estimate_bounds_the_serialized_request(sensors: int, key_lengt
     # And not so far over that it splits batches that would fit: the record bound
     # is the only slack.
     assert estimate - actual <= sensors * RECORD_BYTES
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        pytest.param(1, id="one-byte"),
+        pytest.param(127, id="last-one-byte-length"),
+        pytest.param(128, id="first-two-byte-length"),
+        # A sensor marker of the longest sensor id, every character four UTF-8 bytes.
+        pytest.param(
+            len(sensor_marker_key(PREFIX, "f" * 32, sensor_key(PREFIX, "\U0001f600" * 256))),
+            id="longest-sensor-marker",
+        ),
+        pytest.param(20_000, id="three-byte-length"),
+    ],
+)
+def test_a_markers_estimate_bounds_what_it_adds_to_the_request(length: int) -> None:
+    # What a marker holds at most: a 32-hex fingerprint, on the longest lease id.
+    marker = Marker("m" * length, b"0" * 32, (1 << 63) - 1)
+    seen = {A: Seen(1 << 40, LARGEST)}
+    alone = len(write_txn(seen, {A: LARGEST}, []).SerializeToString())
+    added = len(write_txn(seen, {A: LARGEST}, [marker]).SerializeToString()) - alone
+    assert added <= marker_cost(marker.key) <= added + 32
 
 
 def test_a_chunk_split_at_the_byte_limit_stays_under_etcds_request_limit() -> None:
