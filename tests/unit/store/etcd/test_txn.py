@@ -6,6 +6,9 @@ these pin what is sent (compares, branches, key order) and how an answer is read
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import etcd3.etcdrpc as rpc
 import pytest
 from etcd3.etcdrpc.kv_pb2 import KeyValue
@@ -139,6 +142,19 @@ def test_write_without_markers_or_guards_has_only_the_sensors() -> None:
     assert [op.request_range.key for op in request.failure] == [A.encode()]
 
 
+@pytest.mark.parametrize(
+    "value",
+    [ABSENT, MARKER_1, VALUE_GUARD, RANGE_GUARD, Found(A, b"x", 3), Update(A, STATS_A)],
+    ids=type,
+)
+def test_what_the_builder_takes_and_reads_are_values_nobody_can_change(value: object) -> None:
+    # `ABSENT` is every absent key's `Seen`, and guards key what a refusal read.
+    assert hash(value) == hash(copy.copy(value))
+    for field in dataclasses.fields(value):  # type: ignore[arg-type]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field.name, None)
+
+
 def _kv(key: str, value: bytes, mod: int = 0, create: int = 0) -> KeyValue:
     return KeyValue(key=key.encode(), value=value, mod_revision=mod, create_revision=create)
 
@@ -236,6 +252,14 @@ def test_seen_of_a_newer_release_record_is_a_contention_refusal_with_its_words()
     assert (error.retry_after, error.outage) == (5, False)
     assert error.__cause__ is None
     assert error.__suppress_context__
+
+
+def test_a_newer_release_record_under_a_key_not_utf_8_still_names_its_sensor() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        seen_of([KeyValue(key=b"/sensorstats/sensors/\xff", value=b"[3]", mod_revision=1)])
+    assert caught.value.detail.startswith(
+        "the record of sensor '\ufffd' has version 3, which this release cannot read; "
+    )
 
 
 def test_seen_of_a_corrupt_record_is_an_outage_with_its_words() -> None:
