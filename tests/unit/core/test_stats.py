@@ -8,6 +8,7 @@ and latest timestamp.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Iterable
@@ -327,6 +328,17 @@ def test_last_measurement_examples(earlier, later):
     first, second = one(1, earlier), one(2, later)
     assert first.merge(second).as_json()["last_measurement"] == later
     assert second.merge(first).as_json()["last_measurement"] == later
+
+
+def test_statistics_and_timestamps_are_values_nobody_can_change():
+    # Merges share them: a change through one would change every statistic holding it.
+    stats = one(1.5, "2021-11-09T21:38:09Z")
+    assert hash(stats) == hash(one(1.5, "2021-11-09T21:38:09Z"))
+    assert hash(stats.latest) == hash(Timestamp.parse("2021-11-09T21:38:09Z"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.latest.text = "2000-01-01T00:00:00Z"  # type: ignore[misc,union-attr]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.count = 2  # type: ignore[misc]
 
 
 def test_equal_instants_written_differently_resolve_to_the_greater_text():
