@@ -658,6 +658,16 @@ LONG = b'[1,1,"' + b"f" * 200 + b'",0,"2021-11-09T21:38:09Z"]'
             id="timestamp-not-a-string",
         ),
         pytest.param(
+            b"x" * 100,
+            f"not a statistics record: {b'x' * 80!r}",
+            id="not-json-quoted-to-80-bytes",
+        ),
+        pytest.param(
+            LONG.replace(b"[1,1,", b"[1,1,1,"),
+            f"not a statistics record: {LONG.replace(b'[1,1,', b'[1,1,1,')[:80]!r}",
+            id="extra-field-quoted-to-80-bytes",
+        ),
+        pytest.param(
             LONG.replace(b"[1,1,", b"[1,0,"),
             f"malformed statistics record: {LONG.replace(b'[1,1,', b'[1,0,')[:80]!r}",
             id="quoted-to-80-bytes",
