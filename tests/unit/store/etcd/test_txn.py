@@ -15,9 +15,15 @@ from etcd3.etcdrpc.kv_pb2 import KeyValue
 
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.stats import EMPTY, Stats, Timestamp
-from sensorstats.store.etcd.keys import key_marker_key, sensor_key, sensor_marker_key
+from sensorstats.store.etcd.keys import (
+    key_marker_key,
+    legacy_marker_range,
+    sensor_key,
+    sensor_marker_key,
+)
 from sensorstats.store.etcd.txn import (
     ABSENT,
+    GUARD_BYTES,
     MARKER_BYTES,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
@@ -30,6 +36,7 @@ from sensorstats.store.etcd.txn import (
     Update,
     key_cost,
     marker_cost,
+    range_guard_cost,
     read_answer,
     read_failure_branch,
     read_txn,
@@ -283,11 +290,13 @@ def test_seen_of_a_corrupt_record_is_an_outage_with_its_words() -> None:
 
 def test_the_limits_and_costs_are_their_literal_values() -> None:
     assert (MAX_TXN_OPS, MIN_TXN_OPS, MAX_TXN_BYTES) == (128, 4, 1 << 20)
-    assert (RECORD_BYTES, MARKER_BYTES) == (1024, 80)
+    assert (RECORD_BYTES, MARKER_BYTES, GUARD_BYTES) == (1024, 80, 48)
     assert key_cost("abc") == 9 + 1024
     assert key_cost("é") == 6 + 1024  # bytes, not characters
     assert marker_cost("abc") == 9 + 80
     assert marker_cost("é") == 6 + 80
+    assert range_guard_cost("ab", "c") == 6 + 48
+    assert range_guard_cost("é", "") == 4 + 48
 
 
 # The largest record a sensor can hold: a count past any real one, a mantissa of
@@ -355,6 +364,17 @@ def test_a_markers_estimate_bounds_what_it_adds_to_the_request(length: int) -> N
     assert added <= marker_cost(marker.key) <= added + 32
 
 
+@pytest.mark.parametrize("length", [1, 60, 126, 16_390, 200_000])
+def test_a_range_guards_estimate_bounds_what_it_adds_to_the_request(length: int) -> None:
+    # The range of the previous release's markers under a key marker this long.
+    start, end = "m" * length + "/0", "m" * length + "/:"
+    guard = Guard(start, range_end=end, created_before=(1 << 63) - 1)
+    seen = {A: Seen(1 << 40, LARGEST)}
+    alone = len(write_txn(seen, {A: LARGEST}, []).SerializeToString())
+    added = len(write_txn(seen, {A: LARGEST}, [], [guard]).SerializeToString()) - alone
+    assert added <= range_guard_cost(start, end) <= added + 32
+
+
 def test_a_chunk_split_at_the_byte_limit_stays_under_etcds_request_limit() -> None:
     keys = _keys(3 * MAX_TXN_OPS, 2900)
     updates = [Update(key, LARGEST) for key in keys]
@@ -368,24 +388,23 @@ def test_a_chunk_split_at_the_byte_limit_stays_under_etcds_request_limit() -> No
 
 
 def test_a_keyed_chunk_fits_its_estimate_with_the_largest_records() -> None:
-    # A keyed write as `store` sizes it: each sensor's key cost plus its marker's,
-    # plus the key marker and the two guards at the key marker's cost. The markers
-    # hold the 32-hex fingerprint and the longest lease id.
+    # A keyed write at the most sensors a transaction takes, as `combining` sizes it:
+    # each sensor's key cost plus its marker's, plus the key marker and the range
+    # guard (a later transaction's value guard replaces the key marker's put). The
+    # markers hold the 32-hex fingerprint and the longest lease id.
     digest = "f" * 32
     keys = _keys(MAX_TXN_OPS // 2 - 1, 64)
     lease = (1 << 63) - 1
     key_marker = key_marker_key(PREFIX, digest)
+    start, end = legacy_marker_range(PREFIX, digest)
     markers = [Marker(sensor_marker_key(PREFIX, digest, k), b"0" * 32, lease) for k in keys]
     markers.append(Marker(key_marker, b"0" * 32, lease))
-    guards = [
-        Guard(key_marker, value=b"0" * 32),
-        Guard(key_marker + "/0", range_end=key_marker + "/:", created_before=lease),
-    ]
+    guards = [Guard(start, range_end=end, created_before=lease)]
     request = write_txn(
         {k: Seen(1 << 40, LARGEST) for k in keys}, dict.fromkeys(keys, LARGEST), markers, guards
     )
-    estimate = sum(key_cost(k) + marker_cost(m.key) for k, m in zip(keys, markers, strict=False))
-    estimate += 3 * marker_cost(key_marker)
+    estimate = sum(map(key_cost, keys)) + sum(marker_cost(m.key) for m in markers)
+    estimate += range_guard_cost(start, end)
     assert len(request.SerializeToString()) <= estimate
 
 
