@@ -700,7 +700,8 @@ def test_nasty_bodies_are_read_exactly_as_before(data):
 
 def test_integers_a_double_cannot_hold_are_summed_exactly():
     # A sum in doubles would give 2**53 for the first and drop the 1s in the second.
-    for values in ([2**53, 1], [2**53, 1, 2**64 + 1, -(2**64)]):
+    # Negative ones alike: doubles would make -(2**53 + 1) + 2**53 zero, not -1.
+    for values in ([2**53, 1], [2**53, 1, 2**64 + 1, -(2**64)], [-(2**53 + 1), 2**53]):
         result = parse_batch(body(*(measurement(value=v) for v in values)), Limits())["abc"]
         assert Fraction(result.mantissa) * Fraction(2) ** result.exponent == sum(values)
         assert result.count == len(values)
