@@ -278,7 +278,8 @@ class Stats:
             version, count, mantissa, exponent, text = fields
         except (TypeError, ValueError) as error:
             raise ValueError(f"not a statistics record: {data[:80]!r}") from error
-        if version != _ENCODING_VERSION:
+        # `type` first: JSON true is a Python int equal to 1.
+        if type(version) is not int or version != _ENCODING_VERSION:
             raise ValueError(f"unknown statistics record version {version!r}")
         if not (
             type(count) is int

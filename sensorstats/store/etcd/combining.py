@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.store.etcd.gathering import Gathering
 from sensorstats.store.etcd.keyed import KeyedRequest
-from sensorstats.store.etcd.txn import Update, key_cost, marker_cost
+from sensorstats.store.etcd.txn import Update, key_cost, marker_cost, range_guard_cost
 
 # An attempt that cannot be given this long is not sent: it could only time
 # out and turn a request that was certainly not applied into an unknown one.
@@ -143,9 +143,11 @@ class PendingWrite:
         self.markers = frozenset(markers)
         self.exclusive = self.keys | self.markers
         # Each marker takes one operation; a keyed write's range guard one more.
+        # (Its value guard, once the key marker exists, replaces that marker's put.)
         guards = 0 if self.keyed is None else 1
         self.marker_ops = len(self.markers) + guards
-        self.marker_size = sum(map(marker_cost, self.markers)) + guards * marker_cost(self.marker)
+        guard_size = 0 if self.keyed is None else range_guard_cost(*self.keyed.legacy_range)
+        self.marker_size = sum(map(marker_cost, self.markers)) + guard_size
         self.ops = len(self.keys) + self.marker_ops
         self.size = sum(key_cost(key) for key in self.keys) + self.marker_size
 

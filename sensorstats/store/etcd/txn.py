@@ -32,6 +32,13 @@ MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MIN_TXN_OPS = 4
 MAX_TXN_BYTES = 1 << 20  # below etcd's default --max-request-bytes (1.5 MiB)
 RECORD_BYTES = 1024  # an upper bound of one encoded record plus framing
+# An upper bound of what a marker adds besides its key's three copies: its value
+# (a 32-byte fingerprint at most), its lease id (10 bytes at most) and the framing
+# of its compare, put and read (a key up to 2 MiB: lengths of 3 bytes at most).
+MARKER_BYTES = 80
+# The same for a range guard besides its two ends' two copies: its revision (10
+# bytes at most), and the framing of its compare and read.
+GUARD_BYTES = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +97,13 @@ def key_cost(key: str) -> int:
 
 def marker_cost(marker: str) -> int:
     """Bytes a request marker adds to a write transaction, at most."""
-    return 3 * len(marker.encode()) + 32
+    return 3 * len(marker.encode()) + MARKER_BYTES
+
+
+def range_guard_cost(start: str, end: str) -> int:
+    """Bytes a guard over the range ``[start, end)`` adds to a write transaction, at most."""
+    # Both ends travel twice: in the compare and in the read.
+    return 2 * (len(start.encode()) + len(end.encode())) + GUARD_BYTES
 
 
 def split_batch(

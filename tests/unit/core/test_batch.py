@@ -9,10 +9,13 @@ here and through the HTTP app in test_app.py.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone, tzinfo
 from fractions import Fraction
@@ -700,7 +703,8 @@ def test_nasty_bodies_are_read_exactly_as_before(data):
 
 def test_integers_a_double_cannot_hold_are_summed_exactly():
     # A sum in doubles would give 2**53 for the first and drop the 1s in the second.
-    for values in ([2**53, 1], [2**53, 1, 2**64 + 1, -(2**64)]):
+    # Negative ones alike: doubles would make -(2**53 + 1) + 2**53 zero, not -1.
+    for values in ([2**53, 1], [2**53, 1, 2**64 + 1, -(2**64)], [-(2**53 + 1), 2**53]):
         result = parse_batch(body(*(measurement(value=v) for v in values)), Limits())["abc"]
         assert Fraction(result.mantissa) * Fraction(2) ** result.exponent == sum(values)
         assert result.count == len(values)
@@ -1084,3 +1088,86 @@ def test_a_truncated_list_of_refusals_says_how_many_it_shows():
         f"{MAX_REPORTED_ERRORS + 1} invalid field(s), the first {MAX_REPORTED_ERRORS} "
         "listed in errors; nothing was stored: correct them and send the whole batch again"
     )
+
+
+def test_the_limits_are_the_documented_defaults():
+    # README, settings: 10,000 measurements, ids of 256 characters, 100 errors listed.
+    assert (DEFAULT_LIMITS.max_batch, DEFAULT_LIMITS.max_sensor_id) == (10_000, 256)
+    assert MAX_REPORTED_ERRORS == 100
+    assert {DEFAULT_LIMITS: 1}[Limits(10_000, 256)] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_LIMITS.max_batch = 1  # type: ignore[misc]
+
+
+SEND = "send a JSON array of measurements"
+
+
+def not_json(reason: str, column: int, line: int = 1) -> str:
+    return f"the body is not valid JSON: {reason} at line {line}, column {column}; {SEND}"
+
+
+def not_an_array(kind: str) -> str:
+    return f"the body is {kind}, not an array; {SEND} (one in [ ] too)"
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        pytest.param(b"", f"the body is empty; {SEND}", id="empty"),
+        pytest.param(b" \t\r\n", f"the body is empty; {SEND}", id="blank"),
+        pytest.param(b"X", not_json("a value is missing or malformed", 1), id="a-letter"),
+        pytest.param(b"[1,]", not_json("a value is missing or malformed", 4), id="value"),
+        pytest.param(b"[] x", not_json("something follows the array", 4), id="extra-data"),
+        pytest.param(b'["abc', not_json("a string is not closed", 2), id="unterminated"),
+        pytest.param(
+            b'["a\nb"]',
+            not_json("a string holds a raw control character (escape it)", 4),
+            id="control-character",
+        ),
+        pytest.param(b"[{a:1}]", not_json("a key is not a string in double quotes", 3), id="key"),
+        pytest.param(b"[1 2]", not_json("a comma is missing", 4), id="comma"),
+        pytest.param(b'[{"a" 1}]', not_json("a colon is missing", 7), id="colon"),
+        pytest.param(
+            b'["\\q"]', not_json("a string holds an invalid backslash escape", 3), id="escape"
+        ),
+        pytest.param(
+            b'["\\u12"]', not_json("a string holds an invalid \\u escape", 4), id="u-escape"
+        ),
+        pytest.param(b"[\n1 2]", not_json("a comma is missing", 3, line=2), id="line"),
+        pytest.param(
+            b"[" + b"1" * 5000 + b"]",
+            f"the body holds a number of more than {sys.get_int_max_str_digits()} digits; {SEND}",
+            id="long-number",
+        ),
+        pytest.param(
+            b"[" * 100_000, f"the body is nested too deeply; {SEND}, each a flat object", id="deep"
+        ),
+        pytest.param(b"{}", not_an_array("an object"), id="object"),
+        pytest.param(b'"s"', not_an_array("a string"), id="string"),
+        pytest.param(b"true", not_an_array("true or false"), id="boolean"),
+        pytest.param(b"null", not_an_array("null"), id="null"),
+        pytest.param(b"5.5", not_an_array("a number"), id="number"),
+        pytest.param(
+            gzip.compress(b"[]"),
+            "the body is gzip-compressed but says nothing of it; send it with "
+            "Content-Encoding: gzip, or uncompressed",
+            id="gzip",
+        ),
+        pytest.param(
+            b'["\xff"]',
+            f"the body is not UTF-8: byte 0xff at offset 2 is not valid there; {SEND} in UTF-8",
+            id="not-utf-8",
+        ),
+    ],
+)
+def test_each_body_refusal_has_its_exact_words(data, detail):
+    error = rejected(data)
+    assert (error.detail, error.errors) == (detail, ())
+
+
+def test_the_later_instant_wins_over_a_greater_text_on_either_path():
+    # 13:00+02:00 is earlier than 12:00Z but the greater text: only the instant counts.
+    earlier, later = "2021-11-09T13:00:00+02:00", "2021-11-09T12:00:00Z"
+    for extra in ({}, {"note": "forces the general path"}):
+        batch = body(measurement(timestamp=later, **extra), measurement(timestamp=earlier))
+        assert parse_batch(batch, Limits())["abc"].latest.text == later

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from sensorstats.core import stats
 from sensorstats.core.batch import Limits, parse_batch
 from sensorstats.core.idempotency import (
+    DEFAULT_WINDOW_SECONDS,
     MAX_KEY_LENGTH,
     IdempotencyKey,
+    IdempotencyKeyReused,
     InvalidIdempotencyKey,
     canonical_form,
     exact_decimal,
@@ -30,6 +32,8 @@ from sensorstats.core.idempotency import (
         ("8e03978e-40d5-43e8-bc93-6894a57f9324", "8e03978e-40d5-43e8-bc93-6894a57f9324"),
         ('"with space and \\"quote\\" and \\\\"', 'with space and "quote" and \\'),
         ("  padded\t", "padded"),
+        # Only blanks are stripped, never a character of the key.
+        ("XabcX", "XabcX"),
         ("a" * MAX_KEY_LENGTH, "a" * MAX_KEY_LENGTH),
     ],
 )
@@ -116,7 +120,9 @@ def test_the_fingerprint_does_not_depend_on_the_record_encoding(
 
 def test_sensors_without_measurements_do_not_count() -> None:
     deltas = parse_batch(LITERAL_BATCH.encode(), Limits())
-    assert fingerprint({**deltas, "empty": stats.EMPTY}) == fingerprint(deltas)
+    # Wherever they sort: before, between or after sensors that count.
+    with_empty = {**deltas, "0": stats.EMPTY, "b": stats.EMPTY, "empty": stats.EMPTY}
+    assert fingerprint(with_empty) == fingerprint(deltas)
 
 
 @given(st.integers(), st.integers(min_value=-1100, max_value=64))
@@ -125,6 +131,27 @@ def test_the_decimal_sum_is_exact(mantissa: int, exponent: int) -> None:
     assert Fraction(Decimal(text)) == mantissa * Fraction(2) ** exponent
     assert not text.endswith(".")
     assert not ("." in text and text.endswith("0"))
+
+
+@pytest.mark.parametrize(
+    ("mantissa", "exponent", "text"),
+    [
+        (3, 0, "3"),
+        (3, 2, "12"),
+        (-3, 2, "-12"),
+        (7, -1, "3.5"),
+        (-7, -1, "-3.5"),
+        (1, -3, "0.125"),
+        (-1, -3, "-0.125"),
+        # Pairs that are not normalised write the same number as their normal form.
+        (4, -2, "1"),
+        (-12, -2, "-3"),
+        (0, -3, "0"),
+        (0, 0, "0"),
+    ],
+)
+def test_the_decimal_sum_of_these_pairs(mantissa: int, exponent: int, text: str) -> None:
+    assert exact_decimal(mantissa, exponent) == text
 
 
 def test_the_sum_is_compared_as_a_number_not_as_its_stored_pair() -> None:
@@ -191,6 +218,25 @@ def test_each_refusal_says_what_is_wrong(header: str, detail: str) -> None:
         parse_key_header(header)
     assert str(caught.value) == detail
     assert caught.value.detail == detail
+
+
+def test_refusals_carry_their_detail_for_the_problem_document() -> None:
+    assert InvalidIdempotencyKey("bad key").detail == "bad key"
+    assert IdempotencyKeyReused("used").detail == "used"
+    assert str(IdempotencyKeyReused("used")) == "used"
+
+
+def test_a_key_is_a_value_nobody_can_change() -> None:
+    # Stores keep keys in dicts and sets.
+    key = IdempotencyKey("client", "k", "f")
+    assert {key: 1}[IdempotencyKey("client", "k", "f")] == 1
+    with pytest.raises(FrozenInstanceError):
+        key.key = "other"  # type: ignore[misc]
+
+
+def test_keys_are_remembered_ten_minutes_by_default() -> None:
+    # As the README's settings table says (SENSORSTATS_IDEMPOTENCY_TTL).
+    assert DEFAULT_WINDOW_SECONDS == 600
 
 
 def test_the_limit_counts_the_unescaped_key() -> None:

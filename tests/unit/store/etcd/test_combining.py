@@ -10,9 +10,13 @@ from contextlib import contextmanager
 import pytest
 
 from sensorstats.core.errors import StoreUnavailable
+from sensorstats.core.idempotency import IdempotencyKey
 from sensorstats.core.stats import Stats, Timestamp
 from sensorstats.store.etcd.combining import PendingWrite, RunBatch, WakeUp, WriteCombiner
-from sensorstats.store.etcd.txn import Update
+from sensorstats.store.etcd.keyed import KeyedRequest
+from sensorstats.store.etcd.keys import marker_key, sensor_key
+from sensorstats.store.etcd.txn import Marker, Seen, Update, write_txn
+from tests.unit.store.etcd.test_txn import LARGEST
 
 ONE = Stats.of([1], Timestamp.parse("2021-11-09T21:38:09Z"))
 
@@ -478,3 +482,40 @@ def test_many_writers_of_both_kinds_are_each_told_once_and_keys_never_overlap() 
         assert len(told) == 200
         assert all(t.outcome(within=15) is None for t in told)
         assert overlaps == []
+
+
+LONGEST_LEASE = (1 << 63) - 1
+LONG_PREFIX = "/" + "p" * 1000 + "/"
+
+
+@pytest.mark.parametrize("prefix", ["/sensorstats/", LONG_PREFIX], ids=["short", "long"])
+@pytest.mark.parametrize("committed", [False, True], ids=["first", "later"])
+def test_a_keyed_writes_size_bounds_the_transaction_it_sends(prefix: str, committed: bool) -> None:
+    # One sensor, so that the record bound's slack hides nothing; every number at its
+    # longest: the lease id, the revision a range guard compares.
+    key = IdempotencyKey("client", "k", "0f" * 16)
+    updates = [Update(sensor_key(prefix, "a"), LARGEST)]
+    request = KeyedRequest.of(prefix, key, {"a": LARGEST}, [updates])
+    request.legacy_created_before = LONGEST_LEASE
+    if committed:
+        request.committed()
+    pending = PendingWrite(updates, request.key_marker, 0.0, keyed=request)
+    sent = write_txn(
+        {u.key: Seen(1 << 40, LARGEST) for u in updates},
+        {u.key: LARGEST for u in updates},
+        request.markers(updates, LONGEST_LEASE),
+        request.guards(),
+    )
+    assert len(sent.SerializeToString()) <= pending.size
+
+
+@pytest.mark.parametrize("prefix", ["/sensorstats/", LONG_PREFIX], ids=["short", "long"])
+def test_an_unkeyed_writes_size_bounds_the_transaction_it_sends(prefix: str) -> None:
+    updates = [Update(sensor_key(prefix, "a"), LARGEST)]
+    pending = PendingWrite(updates, marker_key(prefix, "f" * 32, 12), 0.0)
+    sent = write_txn(
+        {u.key: Seen(1 << 40, LARGEST) for u in updates},
+        {u.key: LARGEST for u in updates},
+        [Marker(pending.marker, b"", LONGEST_LEASE)],
+    )
+    assert len(sent.SerializeToString()) <= pending.size

@@ -9,7 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensorstats.store.etcd.keys import health_key, marker_key, sensor_key, sensor_of
+from sensorstats.store.etcd.keys import (
+    health_key,
+    key_marker_key,
+    legacy_chunk_of,
+    legacy_marker_key,
+    legacy_marker_range,
+    marker_key,
+    sensor_id_of,
+    sensor_key,
+    sensor_marker_key,
+    sensor_of,
+)
 
 PREFIX = "/sensorstats/"
 
@@ -67,3 +78,54 @@ def test_only_sensor_keys_name_a_sensor(key: str) -> None:
 @given(st.text())
 def test_a_sensor_key_is_the_prefix_and_the_percent_encoded_id(sensor: str) -> None:
     assert sensor_key(PREFIX, sensor) == PREFIX + "sensors/" + quote(sensor, safe="")
+
+
+DIGEST = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_key_of_another_prefix_is_refused_in_words() -> None:
+    with pytest.raises(ValueError, match="not a sensor key") as caught:
+        sensor_of(PREFIX, "/other/sensors/a")
+    assert str(caught.value) == "'/other/sensors/a' is not a sensor key under '/sensorstats/'"
+
+
+def test_a_sensor_key_whose_id_is_not_utf_8_names_no_sensor() -> None:
+    # Not written by `sensor_key`: refused rather than read as a replacement character.
+    with pytest.raises(UnicodeDecodeError):
+        sensor_of(PREFIX, "/sensorstats/sensors/%FF")
+
+
+def test_the_keyed_request_markers_live_under_keys() -> None:
+    """Markers already in etcd are read by the next release: their names are fixed."""
+    sensor = sensor_key(PREFIX, "room 1/temp")
+    assert key_marker_key(PREFIX, DIGEST) == f"/sensorstats/keys/{DIGEST}"
+    assert sensor_marker_key(PREFIX, DIGEST, sensor) == (
+        f"/sensorstats/keys/{DIGEST}/sensors/room%201%2Ftemp"
+    )
+    assert legacy_marker_key(PREFIX, DIGEST, 12) == f"/sensorstats/keys/{DIGEST}/12"
+    assert legacy_marker_range(PREFIX, DIGEST) == (
+        f"/sensorstats/keys/{DIGEST}/0",
+        f"/sensorstats/keys/{DIGEST}/:",
+    )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "chunk"),
+    [
+        pytest.param("0", 0, id="first"),
+        pytest.param("12", 12, id="two-digits"),
+        pytest.param("sensors/a", None, id="a-sensor-marker"),
+        pytest.param("1a", None, id="not-all-digits"),
+        # str.isdigit and int() take these digits; the previous release never wrote them.
+        pytest.param("\u0661", None, id="arabic-indic-digit"),
+        pytest.param("", None, id="nothing"),
+    ],
+)
+def test_the_chunk_of_a_legacy_marker_is_its_decimal_number(suffix: str, chunk: int | None) -> None:
+    assert legacy_chunk_of(PREFIX, DIGEST, f"/sensorstats/keys/{DIGEST}/{suffix}") == chunk
+
+
+@pytest.mark.parametrize("sensor", ["a", "room 1/temp", "température", "%2F"])
+def test_a_message_names_the_sensor_of_a_key_whatever_the_prefix(sensor: str) -> None:
+    assert sensor_id_of(sensor_key(PREFIX, sensor)) == sensor
+    assert sensor_id_of(sensor_key("/a/b/", sensor)) == sensor

@@ -6,15 +6,25 @@ these pin what is sent (compares, branches, key order) and how an answer is read
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import etcd3.etcdrpc as rpc
 import pytest
 from etcd3.etcdrpc.kv_pb2 import KeyValue
 
 from sensorstats.core.errors import StoreUnavailable
 from sensorstats.core.stats import EMPTY, Stats, Timestamp
-from sensorstats.store.etcd.keys import key_marker_key, sensor_key, sensor_marker_key
+from sensorstats.store.etcd.keys import (
+    key_marker_key,
+    legacy_marker_range,
+    sensor_key,
+    sensor_marker_key,
+)
 from sensorstats.store.etcd.txn import (
     ABSENT,
+    GUARD_BYTES,
+    MARKER_BYTES,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     MIN_TXN_OPS,
@@ -26,6 +36,7 @@ from sensorstats.store.etcd.txn import (
     Update,
     key_cost,
     marker_cost,
+    range_guard_cost,
     read_answer,
     read_failure_branch,
     read_txn,
@@ -138,6 +149,19 @@ def test_write_without_markers_or_guards_has_only_the_sensors() -> None:
     assert [op.request_range.key for op in request.failure] == [A.encode()]
 
 
+@pytest.mark.parametrize(
+    "value",
+    [ABSENT, MARKER_1, VALUE_GUARD, RANGE_GUARD, Found(A, b"x", 3), Update(A, STATS_A)],
+    ids=type,
+)
+def test_what_the_builder_takes_and_reads_are_values_nobody_can_change(value: object) -> None:
+    # `ABSENT` is every absent key's `Seen`, and guards key what a refusal read.
+    assert hash(value) == hash(copy.copy(value))
+    for field in dataclasses.fields(value):  # type: ignore[arg-type]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field.name, None)
+
+
 def _kv(key: str, value: bytes, mod: int = 0, create: int = 0) -> KeyValue:
     return KeyValue(key=key.encode(), value=value, mod_revision=mod, create_revision=create)
 
@@ -237,6 +261,14 @@ def test_seen_of_a_newer_release_record_is_a_contention_refusal_with_its_words()
     assert error.__suppress_context__
 
 
+def test_a_newer_release_record_under_a_key_not_utf_8_still_names_its_sensor() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        seen_of([KeyValue(key=b"/sensorstats/sensors/\xff", value=b"[3]", mod_revision=1)])
+    assert caught.value.detail.startswith(
+        "the record of sensor '\ufffd' has version 3, which this release cannot read; "
+    )
+
+
 def test_seen_of_a_corrupt_record_is_an_outage_with_its_words() -> None:
     with pytest.raises(StoreUnavailable) as caught:
         seen_of([_kv(A, b'[1,0,"3",0,"2021-11-09T12:00:00Z"]', 4)])
@@ -257,11 +289,14 @@ def test_seen_of_a_corrupt_record_is_an_outage_with_its_words() -> None:
 
 
 def test_the_limits_and_costs_are_their_literal_values() -> None:
-    assert (MAX_TXN_OPS, MIN_TXN_OPS, MAX_TXN_BYTES, RECORD_BYTES) == (128, 4, 1 << 20, 1024)
+    assert (MAX_TXN_OPS, MIN_TXN_OPS, MAX_TXN_BYTES) == (128, 4, 1 << 20)
+    assert (RECORD_BYTES, MARKER_BYTES, GUARD_BYTES) == (1024, 80, 48)
     assert key_cost("abc") == 9 + 1024
     assert key_cost("é") == 6 + 1024  # bytes, not characters
-    assert marker_cost("abc") == 9 + 32
-    assert marker_cost("é") == 6 + 32
+    assert marker_cost("abc") == 9 + 80
+    assert marker_cost("é") == 6 + 80
+    assert range_guard_cost("ab", "c") == 6 + 48
+    assert range_guard_cost("é", "") == 4 + 48
 
 
 # The largest record a sensor can hold: a count past any real one, a mantissa of
@@ -306,6 +341,40 @@ def test_the_size_estimate_bounds_the_serialized_request(sensors: int, key_lengt
     assert estimate - actual <= sensors * RECORD_BYTES
 
 
+@pytest.mark.parametrize(
+    "length",
+    [
+        pytest.param(1, id="one-byte"),
+        pytest.param(127, id="last-one-byte-length"),
+        pytest.param(128, id="first-two-byte-length"),
+        # A sensor marker of the longest sensor id, every character four UTF-8 bytes.
+        pytest.param(
+            len(sensor_marker_key(PREFIX, "f" * 32, sensor_key(PREFIX, "\U0001f600" * 256))),
+            id="longest-sensor-marker",
+        ),
+        pytest.param(20_000, id="three-byte-length"),
+    ],
+)
+def test_a_markers_estimate_bounds_what_it_adds_to_the_request(length: int) -> None:
+    # What a marker holds at most: a 32-hex fingerprint, on the longest lease id.
+    marker = Marker("m" * length, b"0" * 32, (1 << 63) - 1)
+    seen = {A: Seen(1 << 40, LARGEST)}
+    alone = len(write_txn(seen, {A: LARGEST}, []).SerializeToString())
+    added = len(write_txn(seen, {A: LARGEST}, [marker]).SerializeToString()) - alone
+    assert added <= marker_cost(marker.key) <= added + 32
+
+
+@pytest.mark.parametrize("length", [1, 60, 126, 16_390, 200_000])
+def test_a_range_guards_estimate_bounds_what_it_adds_to_the_request(length: int) -> None:
+    # The range of the previous release's markers under a key marker this long.
+    start, end = "m" * length + "/0", "m" * length + "/:"
+    guard = Guard(start, range_end=end, created_before=(1 << 63) - 1)
+    seen = {A: Seen(1 << 40, LARGEST)}
+    alone = len(write_txn(seen, {A: LARGEST}, []).SerializeToString())
+    added = len(write_txn(seen, {A: LARGEST}, [], [guard]).SerializeToString()) - alone
+    assert added <= range_guard_cost(start, end) <= added + 32
+
+
 def test_a_chunk_split_at_the_byte_limit_stays_under_etcds_request_limit() -> None:
     keys = _keys(3 * MAX_TXN_OPS, 2900)
     updates = [Update(key, LARGEST) for key in keys]
@@ -319,24 +388,23 @@ def test_a_chunk_split_at_the_byte_limit_stays_under_etcds_request_limit() -> No
 
 
 def test_a_keyed_chunk_fits_its_estimate_with_the_largest_records() -> None:
-    # A keyed write as `store` sizes it: each sensor's key cost plus its marker's,
-    # plus the key marker and the two guards at the key marker's cost. The markers
-    # hold the 32-hex fingerprint and the longest lease id.
+    # A keyed write at the most sensors a transaction takes, as `combining` sizes it:
+    # each sensor's key cost plus its marker's, plus the key marker and the range
+    # guard (a later transaction's value guard replaces the key marker's put). The
+    # markers hold the 32-hex fingerprint and the longest lease id.
     digest = "f" * 32
     keys = _keys(MAX_TXN_OPS // 2 - 1, 64)
     lease = (1 << 63) - 1
     key_marker = key_marker_key(PREFIX, digest)
+    start, end = legacy_marker_range(PREFIX, digest)
     markers = [Marker(sensor_marker_key(PREFIX, digest, k), b"0" * 32, lease) for k in keys]
     markers.append(Marker(key_marker, b"0" * 32, lease))
-    guards = [
-        Guard(key_marker, value=b"0" * 32),
-        Guard(key_marker + "/0", range_end=key_marker + "/:", created_before=lease),
-    ]
+    guards = [Guard(start, range_end=end, created_before=lease)]
     request = write_txn(
         {k: Seen(1 << 40, LARGEST) for k in keys}, dict.fromkeys(keys, LARGEST), markers, guards
     )
-    estimate = sum(key_cost(k) + marker_cost(m.key) for k, m in zip(keys, markers, strict=False))
-    estimate += 3 * marker_cost(key_marker)
+    estimate = sum(map(key_cost, keys)) + sum(marker_cost(m.key) for m in markers)
+    estimate += range_guard_cost(start, end)
     assert len(request.SerializeToString()) <= estimate
 
 
