@@ -24,8 +24,10 @@ import yaml
 
 from sensorstats.ops.metrics import Metrics
 from sensorstats.web.app import METRICS_ROUTE
-from tests.deploy.test_deploy import MANIFEST, _kustomize, _load, _missing, _validate
-from tests.support.harness import SetupFailed, ensure_program
+from tests.conftest import missing
+from tests.deploy.test_deploy import MANIFEST, _kustomize, _load, _validate
+from tests.support.programs import ensure_program
+from tests.support.skips import Unavailable
 from tests.tools import monitoring_rules
 from tests.unit.ops.test_metrics import Scrape
 
@@ -50,8 +52,8 @@ Manifest = dict[str, Any]
 def _promtool() -> str:
     try:
         return ensure_program("promtool", "prometheus")
-    except SetupFailed as problem:
-        _missing(f"promtool ({problem})")
+    except Unavailable as problem:
+        missing(str(problem))
 
 
 def _promtool_run(*args: str) -> str:

@@ -78,7 +78,6 @@ from tests.support.harness import (  # noqa: E402
     Processes,
     SetupFailed,
     answers,
-    ensure_program,
     http_request,
     log,
     run_script,
@@ -86,6 +85,7 @@ from tests.support.harness import (  # noqa: E402
     wait_until,
 )
 from tests.support.ports import free_ports  # noqa: E402
+from tests.support.programs import ensure_program  # noqa: E402
 
 WRK_SCRIPT = ROOT / "tests" / "tools" / "bench_wrk.lua"
 FLOOR_APP = ROOT / "tests" / "tools" / "bench_floor.py"

@@ -57,7 +57,6 @@ from tests.support.harness import (
     CheckFailed,
     SetupFailed,
     check,
-    ensure_programs,
     eventually,
     indented_tail,
     log,
@@ -65,9 +64,9 @@ from tests.support.harness import (
     run_script,
     stop_process,
     time_limit,
-    which,
 )
 from tests.support.ports import free_ports
+from tests.support.programs import ensure_programs, which
 from tests.support.service import Response, request, statistics_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +109,6 @@ APP_UID = 10001
 # Generous bounds that only tell a hang from a slow machine.
 OVERALL_TIMEOUT = 900  # seconds; a cold run (apt-get, debootstrap) takes about 3 minutes
 LOCK_TIMEOUT = 600.0
-APT_TIMEOUT = 600.0
 DEBOOTSTRAP_TIMEOUT = 600.0
 ENGINE_START_TIMEOUT = 60.0
 ENGINE_STOP_TIMEOUT = 30.0
@@ -283,7 +281,7 @@ def unmount_below(directory: Path) -> None:
 @contextmanager
 def engine() -> Iterator[Docker]:
     """A dockerd of this script's own, stopped by PID on exit whatever happened."""
-    ensure_programs({"dockerd": "docker.io"}, APT_TIMEOUT)
+    ensure_programs({"dockerd": "docker.io"})
     pidfile, exec_root = CACHE / "dockerd.pid", CACHE / "exec"
     stop_leftover_engine(pidfile)
     unmount_below(CACHE)
@@ -363,7 +361,7 @@ def standin_rootfs() -> Path:
         return rootfs
     for old in CACHE.glob("rootfs-*"):
         shutil.rmtree(old, ignore_errors=True)  # another recipe's, or a partial one
-    ensure_programs({"debootstrap": "debootstrap"}, APT_TIMEOUT)
+    ensure_programs({"debootstrap": "debootstrap"})
     partial = CACHE / f"{rootfs.name}-partial"
     log(f"debootstrap --variant=minbase {SUITE} with {', '.join(BASE_PACKAGES)} (once)")
     began = time.monotonic()
@@ -684,10 +682,8 @@ def main() -> int:
             check_image(stack, work)
         return 0
 
-    status = run_script(check_all, lambda: shutil.rmtree(work, ignore_errors=True))
-    if status == 0:
-        log("image check passed; every container, the image and the engine are gone")
-    return status
+    passed = "image check passed; every container, the image and the engine are gone"
+    return run_script(check_all, lambda: shutil.rmtree(work, ignore_errors=True), passed=passed)
 
 
 if __name__ == "__main__":

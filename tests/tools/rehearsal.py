@@ -61,7 +61,6 @@ from tests.support.harness import (  # noqa: E402
     Processes,
     SetupFailed,
     check,
-    ensure_program,
     eventually,
     log,
     problem_detail,
@@ -71,6 +70,7 @@ from tests.support.harness import (  # noqa: E402
 )
 from tests.support.harness import answers as harness_answers  # noqa: E402
 from tests.support.ports import free_ports  # noqa: E402
+from tests.support.programs import ensure_program  # noqa: E402
 
 # The one manifest a reviewer applies (`kubectl apply -f kube/sensorstats.yaml`).
 MANIFEST = ROOT / "kube" / "sensorstats.yaml"
@@ -705,7 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rehearse(processes, haproxy, options.etcd_tls)
         return 0
 
-    return processes.conclude(run_script(work, processes.stop_all), "rehearsal passed")
+    passed = "rehearsal passed; every process stopped"
+    return processes.conclude(run_script(work, processes.stop_all, passed=passed))
 
 
 if __name__ == "__main__":
