@@ -7,7 +7,7 @@ pytest test skips itself, each with one line: ``rehearsal: skipped, needs
 haproxy (apt-get install haproxy)``. Under CI (`CI` set and not empty) the same
 line fails the run instead: a check that silently does not run is no check.
 
-Every skip under tox is written to ``$TOX_WORK_DIR/skipped/<environment>``,
+Every skip under tox is written to ``$TOX_WORK_DIR/.skips/<environment>``,
 one reason a line, so that the run's last environment, `skipped`
 (tests/tools/skipped.py), names them all and removes them. An environment
 removes its own record as it starts (`forget`) and the first one, `lint`,
@@ -56,7 +56,8 @@ def line(reason: str, *, failed: bool, environ: Mapping[str, str] = os.environ) 
 def records(environ: Mapping[str, str] = os.environ) -> Path | None:
     """The folder of the run's skip records: under tox's work directory, none outside tox."""
     work_dir = environ.get("TOX_WORK_DIR")
-    return Path(work_dir) / "skipped" if work_dir else None
+    # Beside the environments' folders, `skipped`'s among them.
+    return Path(work_dir) / ".skips" if work_dir else None
 
 
 def record(reason: str, *, in_part: bool = False, environ: Mapping[str, str] = os.environ) -> None:

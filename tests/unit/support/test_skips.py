@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from tests.support import skips
 from tests.support.harness import CheckFailed, run_script
 from tests.support.skips import Unavailable
 
+ROOT = Path(__file__).resolve().parents[3]
 HAPROXY = Unavailable("haproxy", "apt-get install haproxy")
 DOCKER = Unavailable("Docker", "apt-get install docker.io, or a running engine via DOCKER_HOST")
 
@@ -21,7 +23,9 @@ def tox_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOX_WORK_DIR", str(tmp_path))
     monkeypatch.setenv("TOX_ENV_NAME", "rehearsal")
     monkeypatch.delenv("CI", raising=False)
-    return tmp_path / "skipped"
+    folder = skips.records()
+    assert folder is not None
+    return folder
 
 
 def test_the_line_names_the_environment_and_what_to_install() -> None:
@@ -131,3 +135,22 @@ def test_under_ci_a_test_that_lacks_a_program_fails(
     with pytest.raises(pytest.fail.Exception, match="needs promtool"):
         missing("needs promtool (apt-get install prometheus)")
     assert skips.summary(tox_run) == "nothing skipped"
+
+
+def test_the_records_live_apart_from_every_tox_environment(tmp_path: Path) -> None:
+    """Each tox environment has its folder in the work directory, `skipped` too."""
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    names = {section.removeprefix("testenv:") for section in tox if section.startswith("testenv:")}
+    assert "skipped" in names
+    for name in names:
+        (tmp_path / name / "bin").mkdir(parents=True)  # as tox makes them
+    environ = {"TOX_WORK_DIR": str(tmp_path), "TOX_ENV_NAME": "rehearsal"}
+    skips.record(str(HAPROXY), environ=environ)
+    folder = skips.records(environ)
+    assert folder is not None
+    assert skips.summary(folder) == (
+        "skipped: rehearsal\n  rehearsal: needs haproxy (apt-get install haproxy)"
+    )
+    skips.clear(folder)
+    assert all((tmp_path / name / "bin").is_dir() for name in names)
