@@ -20,6 +20,7 @@ import pytest
 
 from sensorstats.store import Store
 from sensorstats.store.memory import MemoryStore
+from tests.support import skips
 from tests.support.etcd_process import (
     EtcdProcess,
     EtcdUnavailableForTests,
@@ -56,10 +57,19 @@ hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def missing(what: str) -> NoReturn:
-    """Skip locally, but fail in CI: a check that silently does not run is no check."""
-    if os.environ.get("CI"):
+    """Skip locally, but fail in CI: a check that silently does not run is no check.
+
+    A skip is recorded for the summary at the end of the tox run (`skips`).
+    """
+    if skips.in_ci():
         pytest.fail(what)
+    skips.record(what, in_part=True)
     pytest.skip(what)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """This environment runs again: what an earlier run of it skipped no longer holds."""
+    skips.forget()
 
 
 @pytest.fixture(scope="session")

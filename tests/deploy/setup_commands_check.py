@@ -32,9 +32,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
-from tests.support.harness import apt_get_install
 from tests.support.ports import free_ports
+from tests.support.programs import obtain
 from tests.support.service import request, statistics_path
+from tests.support.skips import Unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -72,9 +73,10 @@ def debian_python() -> Path:
         return DEBIAN_PYTHON.exists() and subprocess.run(check, capture_output=True).returncode == 0
 
     if not usable():
-        if os.geteuid() != 0:
-            missing("Debian's python3 and python3-venv: apt-get install python3 python3-venv")
-        apt_get_install(["python3", "python3-venv"], INSTALL_TIMEOUT)
+        try:
+            obtain(["python3", "python3-venv"], "Debian's python3 with venv")
+        except Unavailable as problem:
+            missing(str(problem))
         assert usable(), "apt-get installed python3-venv, yet venv does not import"
     return DEBIAN_PYTHON
 

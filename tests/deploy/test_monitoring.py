@@ -1,7 +1,8 @@
 """Offline checks of kube/monitoring/: rules, their unit tests, the Operator's objects, dashboard.
 
 promtool (Debian's `prometheus` package, installed with apt-get when missing
-and running as root) checks the rule file and runs its unit tests; the
+and running as root on Debian or Ubuntu, else these tests skip, or fail
+under CI, naming it) checks the rule file and runs its unit tests; the
 PrometheusRule must be the rendering of the rule file; the PodMonitors and the
 NetworkPolicy must select the manifest's pods and name their ports; the
 dashboard must be well-formed Grafana JSON whose expressions parse. That the
@@ -24,8 +25,10 @@ import yaml
 
 from sensorstats.ops.metrics import Metrics
 from sensorstats.web.app import METRICS_ROUTE
-from tests.deploy.test_deploy import MANIFEST, _kustomize, _load, _missing, _validate
-from tests.support.harness import SetupFailed, ensure_program
+from tests.conftest import missing
+from tests.deploy.test_deploy import MANIFEST, _kustomize, _load, _validate
+from tests.support.programs import ensure_program
+from tests.support.skips import Unavailable
 from tests.tools import monitoring_rules
 from tests.unit.ops.test_metrics import Scrape
 
@@ -50,8 +53,8 @@ Manifest = dict[str, Any]
 def _promtool() -> str:
     try:
         return ensure_program("promtool", "prometheus")
-    except SetupFailed as problem:
-        _missing(f"promtool ({problem})")
+    except Unavailable as problem:
+        missing(str(problem))
 
 
 def _promtool_run(*args: str) -> str:

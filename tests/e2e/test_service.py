@@ -239,13 +239,22 @@ def test_shutdown_timeout_bounds_the_drain(tmp_path: Path) -> None:
         assert "abandoning 1 unfinished" in svc.log()
 
 
+def _pid_namespace() -> list[str]:
+    """unshare's command line for a new PID namespace with its own /proc."""
+    if os.geteuid() == 0:
+        return ["unshare", "--fork", "--pid", "--mount-proc"]
+    # Without root, a PID namespace takes a user namespace of its own, this
+    # user mapped to its root (unprivileged user namespaces, on by default).
+    return ["unshare", "--user", "--map-root-user", "--fork", "--pid", "--mount-proc"]
+
+
 @pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux unshare")
 def test_sigterm_as_pid_1_drains_and_exits_0(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     log = (tmp_path / "pid1.log").open("wb")
     outer = subprocess.Popen(
         [
-            *("unshare", "--fork", "--pid", "--mount-proc"),
+            *_pid_namespace(),
             *(sys.executable, "-m", "sensorstats", "--host", "127.0.0.1", "--port", str(port)),
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

