@@ -329,10 +329,13 @@ def check_request_counter(prometheus: Prometheus, pods: dict[str, int]) -> None:
             raise CheckFailed(f"{pod}: no scrape of the counter before or after the sends")
         rose, count = after[1] - before[1], SENT[pod]
         check(rose == count, f"{pod}: the counter rose by {rose:g}, {count} requests were sent")
-        window = f"{round((after[0] - before[0]) * 1000)}ms"
+        # Scrape times are whole milliseconds, sent as seconds since the epoch:
+        # their difference in floats is off by up to a ten-millionth of a second.
+        milliseconds = round((after[0] - before[0]) * 1000)
+        window = f"{milliseconds}ms"
         increase = prometheus.by_pod(f"increase({counter}[{window}])", after[0])[pod]
         rate = prometheus.by_pod(f"rate({counter}[{window}])", after[0])[pod]
-        seconds = after[0] - before[0]
+        seconds = milliseconds / 1000
         check(
             math.isclose(increase, count) and math.isclose(rate, count / seconds),
             f"{pod}: increase()[{window}] = {increase}, rate() = {rate}; sent {count}",
