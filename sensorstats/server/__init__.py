@@ -95,7 +95,9 @@ on, so an upgrade fails in one place:
   and `Channel.send_continue`;
 - lingering close: `Channel.handle_close` and ``handle_read``;
 - problem documents: `ProblemErrorTask`; bare LF: `Parser`;
-- keep-alive on bodiless answers: `KeepAliveTask.build_response_header`;
+- keep-alive on bodiless answers: `KeepAliveTask.build_response_header`,
+  which also builds the head waitress would, byte for byte, with less work
+  per answer (``tests/unit/server/test_tasks.py`` compares the two);
 - an answer's head and body in one send: `KeepAliveTask.write`;
 - no wake-up of the loop by the loop itself: `ConnectionServer.pull_trigger`.
 """

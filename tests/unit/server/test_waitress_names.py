@@ -116,6 +116,9 @@ TASK_NAMES = (
     "version",
     "content_length",
     "write",
+    "start_time",
+    "chunked_response",
+    "set_close_on_finish",
 )
 DISPATCHER_NAMES = ("queue", "active_count", "threads", "set_thread_count", "shutdown")
 ADJUSTMENTS = (
