@@ -21,7 +21,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, TextIO
+from json.encoder import encode_basestring_ascii
+from typing import Any, NamedTuple, TextIO
 
 # Waitress warns "Task queue depth is N" for every request queued behind busy
 # threads: under load that is thousands of lines a second saying one thing.
@@ -56,6 +57,117 @@ _ENCODER = json.JSONEncoder(default=str)
 # Structured members of a line beyond its message, passed as
 # ``extra={FIELDS: {...}}``: the access line's method, route, status and so on.
 FIELDS = "fields"
+
+
+class AccessEntry(NamedTuple):
+    """What one access line says: values at hand when the request was answered.
+
+    `log_access` queues it as it is, and the line is rendered from it
+    later, by the thread that writes lines (see `LineHandler`).
+    """
+
+    created: float  # time.time() when answered
+    request_id: str
+    method: str
+    route: str
+    path: str
+    status: int
+    seconds: float
+    bytes_in: int
+    bytes_out: int
+    client: str | None
+    user_agent: str | None
+    by_server: bool = False  # answered by the server itself, not the app
+
+    def message(self) -> str:
+        suffix = " (answered by the server)" if self.by_server else ""
+        return f"{self.method} {self.path} {self.status} {self.seconds * 1000:.1f} ms{suffix}"
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "route": self.route,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": round(self.seconds * 1000, 3),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "client": self.client,
+            "user_agent": self.user_agent,
+        }
+
+    def record(self) -> logging.LogRecord:
+        """The record ``logging`` would have made for this line when it was answered."""
+        record = _access_log.makeRecord(
+            ACCESS_LOGGER,
+            logging.INFO,
+            "(unknown file)",
+            0,
+            self.message(),
+            (),
+            None,
+            extra={FIELDS: self.fields(), "request_id": self.request_id},
+        )
+        record.created = self.created
+        record.msecs = int((self.created - int(self.created)) * 1000) + 0.0
+        return record
+
+
+_access_log = logging.getLogger(ACCESS_LOGGER)
+# The handler `configure_logging` installed, while it is the only one: access
+# entries go straight to its queue (see `log_access`).
+_access_sink: LineHandler | None = None
+
+
+def log_access(entry: AccessEntry) -> None:
+    """Log one access line, at INFO on `ACCESS_LOGGER`.
+
+    While logging is as `configure_logging` set it up (its handler alone on
+    the root logger, nothing of its own on the access logger), the entry is
+    queued as it is: no record is made, no filter run, on the thread that
+    served the request. The line written is the one logging would write;
+    otherwise (a test's capture handler, an operator's own set-up) it goes
+    through logging as any other line.
+    """
+    if not _access_log.isEnabledFor(logging.INFO):
+        return
+    sink = _access_sink
+    if sink is not None and _reaches_only(sink):
+        sink.queue(entry)
+        return
+    _access_log.handle(entry.record())
+
+
+def _reaches_only(sink: LineHandler) -> bool:
+    """Whether a record of the access logger would reach `sink` alone, and unfiltered."""
+    if _access_log.filters or _access_log.disabled:
+        return False
+    logger: logging.Logger | None = _access_log
+    while logger is not None and logger is not logging.root:
+        if logger.handlers or not logger.propagate:
+            return False
+        logger = logger.parent
+    handlers = logging.root.handlers
+    return len(handlers) == 1 and handlers[0] is sink
+
+
+def access_json(entry: AccessEntry, timestamp: Callable[[float], str]) -> str:
+    """`JsonFormatter`'s line for `entry`'s record, rendered straight from the entry."""
+    text = encode_basestring_ascii
+    return (
+        f'{{"ts": "{timestamp(entry.created)}", "level": "INFO", "logger": "{ACCESS_LOGGER}", '
+        f'"msg": {text(entry.message())}, "request_id": {text(entry.request_id)}, '
+        f'"method": {text(entry.method)}, "route": {text(entry.route)}, '
+        f'"path": {text(entry.path)}, "status": {entry.status}, '
+        f'"duration_ms": {float.__repr__(round(entry.seconds * 1000, 3))}, '
+        f'"bytes_in": {entry.bytes_in}, "bytes_out": {entry.bytes_out}, '
+        f'"client": {_json_or_null(entry.client)}, '
+        f'"user_agent": {_json_or_null(entry.user_agent)}}}'
+    )
+
+
+def _json_or_null(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
 
 
 class RepeatSummary(logging.Filter):
@@ -144,6 +256,10 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = self.formatStack(record.stack_info)
         return _ENCODER.encode(line)
 
+    def format_access(self, entry: AccessEntry) -> str:
+        """What `format` makes of `entry`'s record, without making the record."""
+        return access_json(entry, self._timestamp)
+
 
 class TextFormatter(logging.Formatter):
     """``ts LEVEL logger [request id]: msg`` for a person at a terminal."""
@@ -188,7 +304,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._max_lines = max_lines
         # Appended to by any thread without a lock (deque appends are
         # atomic); emptied only under the handler's lock.
-        self._pending: deque[logging.LogRecord] = deque()
+        self._pending: deque[logging.LogRecord | AccessEntry] = deque()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_batches, name="log-lines", daemon=True)
         self._writer.start()
@@ -203,9 +319,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name in self._batched:
-            self._pending.append(record)
-            if len(self._pending) >= self._max_lines:
-                self.flush()
+            self.queue(record)
             return
         try:
             line = self.format(record)
@@ -214,6 +328,12 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
             self._write_pending(line)
+
+    def queue(self, item: logging.LogRecord | AccessEntry) -> None:
+        """Write `item` with the next batch (a record that passed the filters, or an entry)."""
+        self._pending.append(item)
+        if len(self._pending) >= self._max_lines:
+            self.flush()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -230,12 +350,18 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Format and write the queued records, then `last`, in one system call (lock held)."""
         lines = []
         pending = self._pending
+        formatter = self.formatter
         while pending:
-            record = pending.popleft()
+            item = pending.popleft()
             try:
-                lines.append(self.format(record))
+                if isinstance(item, logging.LogRecord):
+                    lines.append(self.format(item))
+                elif isinstance(formatter, JsonFormatter):
+                    lines.append(formatter.format_access(item))
+                else:
+                    lines.append(self.format(item.record()))
             except Exception:
-                self.handleError(record)
+                self.handleError(item if isinstance(item, logging.LogRecord) else item.record())
         if last is not None:
             lines.append(last)
         if lines and self.stream is not None:
@@ -274,6 +400,8 @@ def configure_logging(level: str, log_format: str = "auto", stream: TextIO | Non
     # it, waitress's and those propagated from children alike.
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    global _access_sink
+    _access_sink = handler
     # Neither format shows the thread, the process or the caller's file and
     # line, and finding them costs every record (one per request) a stack
     # walk and several lookups: the optimisations logging's documentation

@@ -17,14 +17,13 @@ counts, as the client sees it.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Callable
 
 import falcon
 
-from sensorstats.ops.logs import ACCESS_LOGGER, FIELDS, REQUEST_ID
+from sensorstats.ops.logs import REQUEST_ID, AccessEntry, log_access
 from sensorstats.ops.metrics import UNMATCHED, Metrics, method_label
 from sensorstats.web.request_id import HEADER, request_id_for
 
@@ -33,8 +32,6 @@ DATA_ROUTE = "/data"
 RECEIVED_AT = "sensorstats.received_at"
 # The route label of ``OPTIONS *``, which a sink answers, not a route.
 ASTERISK_ROUTE = "*"
-
-_access_log = logging.getLogger(ACCESS_LOGGER)
 
 # A falcon template's field converter (``{sensor_id:path}``), left out of
 # labels so that routes read as the OpenAPI document names them.
@@ -83,31 +80,21 @@ class RequestTelemetry:
         self._metrics.request_answered(method, route, status, seconds, received, sent)
         if route == DATA_ROUTE and method == "POST" and (400 <= status < 500 or status == 507):
             self._metrics.batch_rejected(getattr(context, "problem", None) or str(status))
-        if not _access_log.isEnabledFor(logging.INFO):
-            REQUEST_ID.set(None)
-            return
-        path = req.env.get("REQUEST_URI") or req.relative_uri
         try:
-            _access_log.info(
-                "%s %s %d %.1f ms",
-                req.method,
-                path,
-                status,
-                seconds * 1000,
-                extra={
-                    FIELDS: {
-                        "method": req.method,
-                        "route": route,
-                        "path": path,
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "bytes_in": received,
-                        "bytes_out": sent,
-                        "client": req.remote_addr,
-                        "user_agent": req.user_agent,
-                    },
-                    "request_id": request_id,
-                },
+            log_access(
+                AccessEntry(
+                    time.time(),
+                    request_id,
+                    req.method,
+                    route,
+                    req.env.get("REQUEST_URI") or req.relative_uri,
+                    status,
+                    seconds,
+                    received,
+                    sent,
+                    req.remote_addr,
+                    req.user_agent,
+                )
             )
         finally:
             REQUEST_ID.set(None)
@@ -145,26 +132,21 @@ class RequestTelemetry:
         if status == 413 and method == "POST" and path.split("?", 1)[0] == DATA_ROUTE:
             # A batch refused on its declared length is as rejected as one the app refused.
             self._metrics.batch_rejected("payload-too-large")
-        _access_log.info(
-            "%s %s %d %.1f ms (answered by the server)",
-            method,
-            path,
-            status,
-            seconds * 1000,
-            extra={
-                FIELDS: {
-                    "method": method,
-                    "route": UNMATCHED,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "bytes_in": 0,
-                    "bytes_out": sent,
-                    "client": client,
-                    "user_agent": user_agent,
-                },
-                "request_id": request_id,
-            },
+        log_access(
+            AccessEntry(
+                time.time(),
+                request_id,
+                method,
+                UNMATCHED,
+                path,
+                status,
+                seconds,
+                0,
+                sent,
+                client,
+                user_agent,
+                by_server=True,
+            )
         )
         return request_id
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -10,6 +11,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sensorstats.ops.logs import (
     ACCESS_LOGGER,
@@ -19,9 +22,12 @@ from sensorstats.ops.logs import (
     REQUEST_ID,
     SUMMARISED_LOGGERS,
     UNAVAILABLE_LOGGER,
+    AccessEntry,
+    JsonFormatter,
     LineHandler,
     RepeatSummary,
     configure_logging,
+    log_access,
 )
 from tests.support.service import start_service
 
@@ -421,3 +427,173 @@ def test_a_queued_record_that_cannot_be_formatted_costs_only_its_own_line():
         assert stream.getvalue().splitlines() == ["GET /x 200", "GET /y 200"]
     finally:
         handler.close()
+
+
+# --- access lines rendered from the values at hand ------------------------------------
+
+TEXTS = st.text(max_size=20)  # any code point: lone surrogates, quotes, controls
+ENTRIES = st.builds(
+    AccessEntry,
+    created=st.floats(0, 4e9),
+    request_id=TEXTS,
+    method=TEXTS,
+    route=TEXTS,
+    path=TEXTS,
+    status=st.integers(100, 599),
+    seconds=st.floats(0, 1e4),
+    bytes_in=st.integers(0, 2**40),
+    bytes_out=st.integers(0, 2**40),
+    client=st.none() | TEXTS,
+    user_agent=st.none() | TEXTS,
+    by_server=st.booleans(),
+)
+
+
+@given(ENTRIES)
+def test_an_access_line_is_what_the_json_formatter_makes_of_its_record(entry):
+    formatter = JsonFormatter()
+    assert formatter.format_access(entry) == formatter.format(entry.record())
+
+
+def test_an_access_record_says_what_the_line_always_said():
+    entry = AccessEntry(0.25, "rid-1", "GET", "/x/{id}", "/x/%41", 200, 0.01234, 0, 74, "::1", None)
+    record = entry.record()
+    assert (record.name, record.levelno, record.created) == (ACCESS_LOGGER, logging.INFO, 0.25)
+    assert record.getMessage() == "GET /x/%41 200 12.3 ms"
+    assert record.request_id == "rid-1"
+    assert getattr(record, FIELDS) == {
+        "method": "GET",
+        "route": "/x/{id}",
+        "path": "/x/%41",
+        "status": 200,
+        "duration_ms": 12.34,
+        "bytes_in": 0,
+        "bytes_out": 74,
+        "client": "::1",
+        "user_agent": None,
+    }
+    server = entry._replace(by_server=True).record()
+    assert server.getMessage() == "GET /x/%41 200 12.3 ms (answered by the server)"
+
+
+@pytest.fixture
+def service_logging() -> Iterator[io.StringIO]:
+    """Logging as the service sets it up (JSON), into a buffer; restored afterwards."""
+    stream = io.StringIO()
+    with service_logging_as("json", stream):
+        yield stream
+
+
+@contextlib.contextmanager
+def service_logging_as(log_format: str, stream: io.StringIO) -> Iterator[None]:
+    """Logging configured as the service does; the handlers, level and flood filters restored."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    summarised = [logging.getLogger(name) for name in SUMMARISED_LOGGERS]
+    filters = [logger.filters[:] for logger in summarised]
+    configure_logging("INFO", log_format, stream)
+    try:
+        yield
+    finally:
+        _restore(root, handlers, level, summarised, filters)
+
+
+def _restore(root, handlers, level, summarised, filters) -> None:
+    """Put back what `service_logging_as` found."""
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    # The flood filters remember what they let through: leave none behind.
+    for logger, kept in zip(summarised, filters, strict=True):
+        logger.filters[:] = kept
+
+
+def written(stream: io.StringIO) -> list[str]:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return stream.getvalue().splitlines()
+
+
+ENTRY = AccessEntry(1.5, "rid", "POST", "/data", "/data", 204, 0.002, 80, 0, "127.0.0.1", "wrk")
+
+
+@contextlib.contextmanager
+def only_the_service_handler() -> Iterator[LineHandler]:
+    """The root logger with the service's handler alone, as in a running service.
+
+    Pytest adds its own capture handlers to the root logger for each test.
+    """
+    root = logging.getLogger()
+    kept = root.handlers[:]
+    (handler,) = [h for h in kept if isinstance(h, LineHandler)]
+    root.handlers[:] = [handler]
+    try:
+        yield handler
+    finally:
+        root.handlers[:] = kept
+
+
+def test_an_access_entry_is_queued_as_it_is_and_written_as_logging_would(service_logging):
+    with only_the_service_handler() as handler:
+        handler.queue = Spy(handler.queue)  # type: ignore[method-assign]
+        log_access(ENTRY)
+        assert handler.queue.calls == [ENTRY]  # no record made on the way
+        (line,) = written(service_logging)
+    assert line == handler.formatter.format(ENTRY.record())
+
+
+class Spy:
+    def __init__(self, function):
+        self.function = function
+        self.calls: list[object] = []
+
+    def __call__(self, item):
+        self.calls.append(item)
+        return self.function(item)
+
+
+def test_a_handler_of_its_own_still_hears_every_access_line(service_logging):
+    own = Lines()
+    logging.getLogger(ACCESS_LOGGER).addHandler(own)
+    try:
+        with only_the_service_handler():
+            log_access(ENTRY)
+    finally:
+        logging.getLogger(ACCESS_LOGGER).removeHandler(own)
+    assert own.lines == ["POST /data 204 2.0 ms"]
+    assert len(written(service_logging)) == 1  # and the service's handler too
+
+
+def test_a_filter_on_the_access_logger_still_applies(service_logging):
+    drop_all = logging.Filter("nothing.matches")
+    logging.getLogger(ACCESS_LOGGER).addFilter(drop_all)
+    try:
+        with only_the_service_handler():
+            log_access(ENTRY)
+    finally:
+        logging.getLogger(ACCESS_LOGGER).removeFilter(drop_all)
+    assert written(service_logging) == []
+
+
+def test_access_lines_follow_the_level_of_their_logger(service_logging):
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.setLevel(logging.WARNING)
+    try:
+        with only_the_service_handler():
+            log_access(ENTRY)
+    finally:
+        access.setLevel(logging.NOTSET)
+    assert written(service_logging) == []
+
+
+def test_text_lines_of_access_entries_are_rendered_from_their_record():
+    stream = io.StringIO()
+    with service_logging_as("text", stream):
+        with only_the_service_handler() as handler:
+            log_access(ENTRY)
+        (line,) = written(stream)
+        assert line == handler.formatter.format(ENTRY.record())
+    assert line.endswith(" INFO sensorstats.access [rid]: POST /data 204 2.0 ms")
