@@ -285,7 +285,10 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     which emits most access lines, so pays neither the formatting nor the
     write. A queued record holds only values fixed when it was made (its
     arguments, its fields, the request id the filters stamped), so it
-    formats later exactly as it would have at once. Any other line
+    formats later exactly as it would have at once. Access lines usually
+    arrive as an `AccessEntry` (see `log_access`), not a record: the JSON
+    line is rendered straight from its values, a text line from the record
+    made from it then. Any other line
     (start-up, warnings, errors) is written at once, after the lines queued
     before it, so lines keep their order and what matters is never held back.
     """
