@@ -29,6 +29,7 @@ from sensorstats.ops.logs import (
     configure_logging,
     log_access,
 )
+from tests.support.logs import service_logging_as
 from tests.support.service import start_service
 
 
@@ -482,33 +483,6 @@ def service_logging() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     with service_logging_as("json", stream):
         yield stream
-
-
-@contextlib.contextmanager
-def service_logging_as(log_format: str, stream: io.StringIO) -> Iterator[None]:
-    """Logging configured as the service does; the handlers, level and flood filters restored."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    summarised = [logging.getLogger(name) for name in SUMMARISED_LOGGERS]
-    filters = [logger.filters[:] for logger in summarised]
-    configure_logging("INFO", log_format, stream)
-    try:
-        yield
-    finally:
-        _restore(root, handlers, level, summarised, filters)
-
-
-def _restore(root, handlers, level, summarised, filters) -> None:
-    """Put back what `service_logging_as` found."""
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    # The flood filters remember what they let through: leave none behind.
-    for logger, kept in zip(summarised, filters, strict=True):
-        logger.filters[:] = kept
 
 
 def written(stream: io.StringIO) -> list[str]:

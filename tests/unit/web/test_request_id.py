@@ -14,11 +14,11 @@ import pytest
 from falcon import testing
 
 from sensorstats.core.errors import StoreUnavailable
-from sensorstats.ops.logs import SUMMARISED_LOGGERS, configure_logging
 from sensorstats.settings import Settings
 from sensorstats.store.memory import MemoryStore
 from sensorstats.web.app import create_app
 from sensorstats.web.request_id import MAX_LENGTH, new_request_id, request_id_for
+from tests.support.logs import service_logging_as
 from tests.support.service import Service, read_response, start_service
 from tests.unit.web.test_app import SAMPLE, FailingStore
 
@@ -130,22 +130,9 @@ def test_failures_carry_the_id_too(store, status):
 @pytest.fixture
 def log_stream() -> Iterator[io.StringIO]:
     """Logging configured as the service does (JSON), into a buffer; restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    summarised = [logging.getLogger(name) for name in SUMMARISED_LOGGERS]
-    filters = [logger.filters[:] for logger in summarised]
     stream = io.StringIO()
-    configure_logging("INFO", "json", stream)
-    yield stream
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    # The flood filters remember what they let through: leave none behind.
-    for logger, kept in zip(summarised, filters, strict=True):
-        logger.filters[:] = kept
+    with service_logging_as("json", stream):
+        yield stream
 
 
 def lines(stream: io.StringIO) -> list[dict]:
