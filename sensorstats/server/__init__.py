@@ -2,8 +2,9 @@
 
 Its modules: `limits` (what connections live under), `answers` (the
 server's own problem documents), `parser`, `tasks`, `channel` and
-`listener` (waitress's classes, each narrowed where needed), `serving`
-(the event loop's turn and the drain on SIGTERM).
+`listener` (waitress's classes, each narrowed where needed), `polling`
+(the event loop's poll set, kept between turns), `serving` (the event
+loop and the drain on SIGTERM).
 
 Waitress reads and writes every connection on one event loop and runs the
 application in a pool of worker threads. What it does not do by itself, and
@@ -52,7 +53,7 @@ where this module does it (each time the narrowest hook waitress offers):
   side and discards what arrives for at most `LINGER_SECONDS` or
   `LINGER_BYTES`, then closes. It clears waitress's close flags for this
   rather than overriding ``readable`` and ``writable``: those are asked of
-  every connection on every turn of the loop.
+  every busy connection on every turn of the loop.
 - **Expect: 100-continue** (`Channel.send_continue`). A request refused on
   its head (a declared length over the limit) gets its answer without a
   ``100 Continue`` first, so the client never uploads the body.
@@ -72,10 +73,15 @@ only bounds the raw bytes of a chunked body with absurd framing, and
 answers the same problem document. With the 16 KiB cap on a head
 (`HEADER_LIMIT_BYTES`), a connection holds about 2.8 KB idle and 16.5 KB
 with a nearly full head, and bodies in flight at most the receive budget.
-The price of holding many: every turn of the loop visits every open
-connection, which is why accepting is batched (`ACCEPT_BATCH`), deadlines
-are enforced four times a second rather than on every turn, and the channel
-adds no call of its own to a turn.
+The price of holding many: waitress's loop asks every open connection what
+it wants on every turn, about 0.3 µs each, so 500 idle keep-alive
+connections took a quarter of an instance's GET rate. Here the poll set is
+kept between turns (`polling.Poller`): a connection that only waits to read
+is not asked again until it has an event, and a turn costs what the
+connections with something going on cost. Accepting is batched
+(`ACCEPT_BATCH`), deadlines are enforced four times a second rather than on
+every turn (each time asking every connection again), and the channel adds
+no call of its own to a turn.
 
 Deliberately left unanswered: connections displaced at the limit or closed
 when idle (as HTTP allows for idle connections), a newcomer when every

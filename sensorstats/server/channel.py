@@ -30,6 +30,12 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
     task_class = KeepAliveTask
     error_task_class = ProblemErrorTask
     request: Any  # the request being received, if any (waitress's attribute)
+    # For `sensorstats.server.polling`: while the connection only wants to
+    # read, no worker holds a request of it (waitress's
+    # ``channel_request_lookahead`` is 0: a queued request stops the reading),
+    # and what it wants changes only on the loop, through its own events, or
+    # as `send_continue` says.
+    idle_is_stable = True
 
     def __init__(
         self, server: ConnectionServer, sock: Any, addr: Any, adj: Any, map: Any = None
@@ -108,6 +114,12 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
             self.request.expect_continue = False
             return
         super().send_continue()
+        # A worker sends it after taking this connection's last queued
+        # request: the loop may already have seen the connection idle, and
+        # must now send what is left of it.
+        poller = self.server.poller
+        if poller is not None:
+            poller.touch(self)
 
     def displaceable(self) -> bool:
         """No request being served and nothing left to send: idle, partial or lingering."""
@@ -163,7 +175,7 @@ class Channel(HTTPChannel):  # type: ignore[misc]  # waitress is untyped
     # Lingering close. While lingering, waitress's own `readable` and
     # `writable` say what is wanted (read and discard, write nothing) once
     # its close flags are cleared; overriding them instead would cost every
-    # connection two more calls on every turn of the loop, and the loop
+    # busy connection two more calls on every turn of the loop, and the loop
     # turns often while a worker holds a response not yet flushed.
 
     def handle_read(self) -> None:

@@ -18,6 +18,7 @@ from sensorstats.server.limits import (
     ConnectionPolicy,
     ReceiveBudget,
 )
+from sensorstats.server.polling import Poller
 from sensorstats.web.early import EarlyCalls
 from sensorstats.web.telemetry import RequestTelemetry
 
@@ -33,6 +34,8 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
     telemetry: RequestTelemetry | None = None
     # Starts store calls for the requests that need one; set by `server.Server`.
     early: EarlyCalls | None = None
+    # The event loop's poll set; set by `server.Server` (None: a loop that asks every turn).
+    poller: Poller | None = None
 
     def __init__(
         self,
@@ -88,6 +91,9 @@ class ConnectionServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is unty
         monotonic_now = time.monotonic()
         for channel in list(self.active_channels.values()):
             channel.enforce_deadlines(monotonic_now, now)
+        if self.poller is not None:
+            # A deadline may have answered or closed any connection, idle ones too.
+            self.poller.ask_all()
 
     def handle_accept(self) -> None:
         # Waitress accepts one connection per turn of the loop, and each turn

@@ -40,6 +40,7 @@ from sensorstats.ops.metrics import Metrics
 from sensorstats.ops.readiness import Readiness
 from sensorstats.server.limits import HEADER_LIMIT_BYTES, ConnectionPolicy, ReceiveBudget
 from sensorstats.server.listener import ConnectionServer
+from sensorstats.server.polling import Poller
 from sensorstats.settings import Settings, SettingsError
 from sensorstats.web.early import EarlyCalls
 from sensorstats.web.telemetry import RequestTelemetry
@@ -57,34 +58,6 @@ _WAITRESS_BODY_LIMIT_FACTOR = 16
 # File descriptors besides one per connection: the listener, the event loop's
 # trigger, etcd's gRPC channels, spooled request bodies, logs, the interpreter.
 DESCRIPTOR_RESERVE = 256
-
-
-def poll_once(socket_map: dict[int, Any], timeout: float) -> None:
-    """One turn of the event loop: poll the sockets of `socket_map`, then serve their events.
-
-    As waitress's ``wasyncore.poll2``, except that an event goes only to the
-    object its descriptor was polled for. A connection closed while the
-    events are served (displaced at the connection limit, say) frees its
-    descriptor, and the listener may accept a new connection onto it in the
-    same turn: the closed one's stale event (a hang-up, ``POLLNVAL``) must
-    not reach the newcomer, which would close unanswered.
-    """
-    pollster = select.poll()
-    polled: dict[int, Any] = {}
-    for fd, obj in list(socket_map.items()):
-        flags = 0
-        if obj.readable():
-            flags |= select.POLLIN | select.POLLPRI
-        # Listening sockets are never writable.
-        if obj.writable() and not obj.accepting:
-            flags |= select.POLLOUT
-        if flags:
-            pollster.register(fd, flags)
-            polled[fd] = obj
-    for fd, flags in pollster.poll(int(timeout * 1000)):
-        obj = polled[fd]
-        if socket_map.get(fd) is obj:
-            wasyncore.readwrite(obj, flags)
 
 
 def ensure_descriptors(connection_limit: int) -> None:
@@ -141,7 +114,9 @@ class Server:
         self._dispatcher = ThreadedTaskDispatcher()
         policy = ConnectionPolicy.from_settings(settings)
         budget = ReceiveBudget(policy.receive_budget)
-        self._map: dict[int, Any] = {}
+        # One poll set for the loop's life, over the map waitress keeps its objects in.
+        self._poller = Poller()
+        self._map = self._poller.socket_map
         # Also after a listener is closed (and out of the map): its
         # connections still have requests to serve.
         self._listeners: list[ConnectionServer] = []
@@ -158,9 +133,11 @@ class Server:
                     budget=budget,
                 )
                 listener.early = early
+                listener.poller = self._poller
                 self._listeners.append(listener)
         except OSError:
             wasyncore.close_all(self._map)
+            self._poller.close()
             raise
         self._dispatcher.set_thread_count(settings.threads)
         if metrics is not None:
@@ -233,7 +210,7 @@ class Server:
             wasyncore.dispatcher.close(listener)
         # Read what the connections just accepted have sent, so their
         # requests count as in flight.
-        poll_once(self._map, timeout=0)
+        self._poller.turn(timeout=0)
         deadline = time.monotonic() + self._settings.shutdown_timeout
         self._loop_until(lambda: not self._busy_channels() or time.monotonic() >= deadline)
 
@@ -248,11 +225,12 @@ class Server:
             _log.info("all requests answered; exiting", extra={FIELDS: {"event": "drained"}})
         self._dispatcher.shutdown(cancel_pending=True, timeout=1)
         wasyncore.close_all(self._map)
+        self._poller.close()
 
     def _loop_until(self, done: Callable[[], bool]) -> None:
         timeout = _LOOP_TICK_SECONDS
         while not done():
-            poll_once(self._map, timeout)
+            self._poller.turn(timeout)
             more = False
             for listener in self._listeners:
                 listener.serve_settled()

@@ -1,25 +1,22 @@
 """The event loop as hostile clients meet it: nothing one client sends may hang an instance.
 
-Real `python -m sensorstats` processes and raw sockets, except the one test
-of the poll loop itself, which drives it in-process with real sockets so
-that the rare interleaving it guards against happens every time. Bounds on
+Real `python -m sensorstats` processes and raw sockets (the poll set itself
+is driven turn by turn in ``tests/unit/server/test_polling.py``). Bounds on
 waiting are generous and only tell an answer from a hang.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
-from waitress import wasyncore
 
-from sensorstats.server.serving import poll_once
 from tests.support.service import Service, read_response, start_service
 
 HANG_BOUND_SECONDS = 10.0
@@ -111,80 +108,52 @@ def test_a_pipelined_flood_shares_the_loop_with_other_clients(fresh: Service) ->
     assert answered_before_probe < count // 2
 
 
-class _Recorder(wasyncore.dispatcher):  # type: ignore[misc]
-    """A connection that records the events the loop hands it."""
-
-    def __init__(self, sock: socket.socket, map: dict[int, Any]) -> None:
-        super().__init__(sock, map=map)
-        self.connected = True  # a socket pair: connected from the start
-        self.events: list[str] = []
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def handle_read(self) -> None:
-        self.events.append("read")
-
-    def handle_close(self) -> None:
-        self.events.append("close")
-        self.close()
-
-
-def _registered_first(socket_map: dict[int, Any], first: _Recorder, then: _Recorder) -> None:
-    socket_map.clear()
-    socket_map[first.socket.fileno()] = first
-    socket_map[then.socket.fileno()] = then
-
-
-class _Displacer(_Recorder):
-    """Like the listener at its limit: serving its event closes `victim` and reuses its fd."""
-
-    def __init__(self, sock: socket.socket, map: dict[int, Any], victim: _Recorder) -> None:
-        super().__init__(sock, map)
-        self.victim = victim
-        self.newcomer: _Recorder | None = None
-        self.newcomer_peer: socket.socket | None = None
-
-    def handle_read(self) -> None:
-        self.recv(1)
-        fd = self.victim.socket.fileno()
-        self.victim.close()
-        ours, theirs = socket.socketpair()
-        # As accept() would, the newcomer takes the lowest free descriptor:
-        # the victim's.
-        if ours.fileno() != fd:
-            os.dup2(ours.fileno(), fd)
-            ours.close()
-            ours = socket.socket(fileno=fd)
-        self.newcomer = _Recorder(ours, self._map)
-        self.newcomer_peer = theirs
+def test_hundreds_of_idle_and_slow_connections_expiring_at_once_leave_it_serving(
+    tmp_path: Path,
+) -> None:
+    # Idle connections are left out of the loop's turns until they have an
+    # event (`sensorstats.server.polling`); their deadlines must still reach
+    # every one of them, all in the same moment, while others are served.
+    args = ["--idle-timeout", "2", "--receive-timeout", "2"]
+    with start_service(args=args, log_dir=tmp_path) as service, ExitStack() as held:
+        idle = []
+        for _ in range(150):
+            sock = held.enter_context(connect(service))
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(sock)
+        for sock in idle:
+            assert read_response(sock)[0] == b"HTTP/1.1 204 No Content"
+        slow = []
+        for _ in range(150):
+            sock = held.enter_context(connect(service))
+            sock.sendall(b"GET /statistics/abc HTTP/1.1\r\nHost: x\r\n")  # never finished
+            slow.append(sock)
+        with connect(service) as busy:
+            # Served on one keep-alive connection throughout, each request
+            # within the idle timeout: it never expires.
+            for _ in range(30):
+                busy.sendall(METRICS_REQUEST)
+                assert read_response(busy)[0] == b"HTTP/1.1 200 OK"
+                time.sleep(0.1)
+            assert all(closed(sock) for sock in idle)
+            statuses = {read_response(sock)[0].split()[1] for sock in slow}
+            assert statuses == {b"408"}
+            assert all(closed(sock) for sock in slow)
+            busy.sendall(METRICS_REQUEST)
+            assert read_response(busy)[0] == b"HTTP/1.1 200 OK"
+        assert answers_livez(service)
 
 
-def test_an_event_is_delivered_only_to_the_connection_it_was_polled_for() -> None:
-    socket_map: dict[int, Any] = {}
-    listener_ours, listener_peer = socket.socketpair()
-    victim_ours, victim_peer = socket.socketpair()
-    victim = _Recorder(victim_ours, socket_map)
-    listener = _Displacer(listener_ours, socket_map, victim)
-    # The "listener" first in the map, so that its event is served first.
-    _registered_first(socket_map, listener, victim)
+def closed(sock: socket.socket) -> bool:
+    """Whether the server closes `sock` (EOF or reset) before the hang bound."""
     try:
-        victim_peer.close()  # the victim has an event (hang-up) in the same poll
-        listener_peer.sendall(b"x")
-        poll_once(socket_map, timeout=1.0)
-        assert listener.newcomer is not None
-        # The hang-up was the victim's; the newcomer on its reused fd never saw it.
-        assert listener.newcomer.events == []
-        assert listener.newcomer.connected
-    finally:
-        for sock in (listener_peer, victim_peer, listener.newcomer_peer):
-            if sock is not None:
-                sock.close()
-        wasyncore.close_all(socket_map)
-        victim_ours.close()
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
 
 
 def test_a_half_sent_request_does_not_hold_the_drain(tmp_path: Path) -> None:

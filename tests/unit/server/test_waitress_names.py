@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 from waitress import wasyncore
-from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
-from sensorstats.server import limits, serving
+from sensorstats.server import polling
 from sensorstats.server.channel import Channel
 from sensorstats.server.listener import ConnectionServer
 from sensorstats.server.parser import Parser
 from sensorstats.server.tasks import KeepAliveTask, ProblemErrorTask
+from tests.support.listeners import listener_on
 
 # Ours → the waitress class it narrows, and the waitress methods it overrides.
 OVERRIDES: dict[type, tuple[type, set[str]]] = {
@@ -75,6 +75,11 @@ CHANNEL_NAMES = (
     "task_class",
     "error_task_class",
     "parser_class",
+    # What the poll set asks of every object in the map, and how it finds a touched one.
+    "readable",
+    "writable",
+    "accepting",
+    "_fileno",
 )
 PARSER_NAMES = (
     "completed",
@@ -134,6 +139,7 @@ ADJUSTMENTS = (
     "log_socket_errors",
     "outbuf_high_watermark",
     "recv_bytes",
+    "channel_request_lookahead",
 )
 MODULE_FUNCTIONS = ((wasyncore, "readwrite"), (wasyncore, "close_all"), (wasyncore, "dispatcher"))
 
@@ -164,26 +170,9 @@ def test_each_override_is_of_a_waitress_method_with_the_same_signature(ours: typ
 
 @pytest.fixture
 def server() -> Iterator[ConnectionServer]:
-    adjustments = Adjustments(host="127.0.0.1", port=0)
-    policy = limits.ConnectionPolicy(
-        connection_limit=10,
-        idle_timeout=1.0,
-        receive_timeout=1.0,
-        max_body_bytes=1024,
-        receive_budget=4096,
-    )
     socket_map: dict[int, Any] = {}
-    listener = ConnectionServer(
-        lambda environ, start_response: [],
-        socket_map,
-        dispatcher=ThreadedTaskDispatcher(),
-        adj=adjustments,
-        sockinfo=adjustments.listen[0],
-        policy=policy,
-        budget=limits.ReceiveBudget(policy.receive_budget),
-    )
     try:
-        yield listener
+        yield listener_on(socket_map)
     finally:
         wasyncore.close_all(socket_map)
 
@@ -216,6 +205,14 @@ def test_the_attributes_read_on_waitress_objects_exist(server: ConnectionServer)
 
 
 def test_the_event_loop_turn_uses_wasyncore_as_its_own_loop_does() -> None:
-    # serving.poll_once re-implements wasyncore.poll2 but for its delivery rule.
+    # polling.Poller serves events as wasyncore.poll2 does.
     assert "readwrite(obj, flags)" in inspect.getsource(wasyncore.poll2)
-    assert "wasyncore.readwrite(obj, flags)" in inspect.getsource(serving.poll_once)
+    assert "wasyncore.readwrite(obj, deliver)" in inspect.getsource(polling.Poller.turn)
+
+
+def test_wasyncore_changes_its_map_only_as_the_poll_set_hears_of() -> None:
+    # polling.SocketMap hears of items set, deleted and cleared: every way
+    # wasyncore adds objects to its map and takes them out.
+    assert "map[self._fileno] = self" in inspect.getsource(wasyncore.dispatcher.add_channel)
+    assert "del map[fd]" in inspect.getsource(wasyncore.dispatcher.del_channel)
+    assert "map.clear()" in inspect.getsource(wasyncore.close_all)
