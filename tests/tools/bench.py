@@ -23,6 +23,8 @@ Scenarios (names for --only):
     post1000        1,000 measurements per POST over 50 sensors
     post1000-gzip   the same batch, gzip-compressed (Content-Encoding: gzip)
     get             GET /statistics/<one sensor>
+    get-idle        the same, with 500 idle keep-alive connections held open
+                    beside wrk's 16 (dashboards and devices that keep theirs)
     two-instances   post1-distinct and post1-hot through both etcd instances
                     at once (two wrk processes, 8 connections each)
     contention      16 clients posting to one sensor through both etcd
@@ -33,7 +35,7 @@ Scenarios (names for --only):
     footprint       1,000,000 measurements over 10,000 sensors into the memory
                     and the etcd instance, then their resident memory (VmRSS)
 
-The first six run on floor, memory and etcd in turn, scenario by scenario,
+The first seven run on floor, memory and etcd in turn, scenario by scenario,
 for --rounds rounds; each table cell is the median over the rounds and each
 ratio compares with the floor run of the same round. After every run that
 posts, the bench reads the checked sensor back and compares its count with
@@ -58,6 +60,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -65,7 +68,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +155,7 @@ class Scenario:
     # the run (PREFIX-hot, PREFIX-0); 0 when there is no such sensor.
     checked_per_request: int
     checked_suffix: str = ""
+    idle_connections: int = 0  # held open beside wrk's, each after one answered request
 
 
 POST1_DISTINCT = Scenario("post1-distinct", "distinct", 1, 0)
@@ -161,11 +166,12 @@ POST1000 = Scenario("post1000", "batch", 1000, 20, "0")
 # reads it from the file named after the prefix.
 POST1000_GZIP = Scenario("post1000-gzip", "batch-gzip", 1000, 20, "0")
 GET = Scenario("get", "get", 0, 0)
-SINGLE_SCENARIOS = (POST1_DISTINCT, POST1_HOT, POST50, POST1000, POST1000_GZIP, GET)
+GET_IDLE = Scenario("get-idle", "get", 0, 0, idle_connections=500)
+SINGLE_SCENARIOS = (POST1_DISTINCT, POST1_HOT, POST50, POST1000, POST1000_GZIP, GET, GET_IDLE)
 # Those the performance goals measure against the floor, and their goals.
 FLOOR_RATIO_GOALS = {POST1_DISTINCT: 0.9, POST1_HOT: 0.9, POST1000: 0.7, GET: 0.9}
 # The summary table: each against the floor, every round shown.
-SUMMARY_SCENARIOS = (POST1_DISTINCT, POST1_HOT, POST50, POST1000, POST1000_GZIP, GET)
+SUMMARY_SCENARIOS = SINGLE_SCENARIOS
 TWO_INSTANCE_SCENARIOS = (POST1_DISTINCT, POST1_HOT)
 TOKEN_SCENARIOS = (POST1_DISTINCT, POST1_HOT)
 TWO_INSTANCES = "two-instances"
@@ -216,6 +222,30 @@ def send(
     """One request on a fresh connection, a body sent as JSON: (status, body)."""
     headers = {"Content-Type": "application/json"} if body is not None else {}
     return http_request(port, method, path, body, headers, timeout)
+
+
+@contextmanager
+def idle_connections(port: int, count: int) -> Iterator[None]:
+    """`count` keep-alive connections to `port`, each answered once, then idle until the end."""
+    with ExitStack() as held:
+        opened = []
+        for _ in range(count):
+            sock = held.enter_context(
+                socket.create_connection(("127.0.0.1", port), REQUEST_TIMEOUT)
+            )
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+            opened.append(sock)
+        for sock in opened:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise BenchFailed(f"an idle connection to :{port} closed before its answer")
+                head += chunk
+            status = head.partition(b"\r\n")[0]
+            if not status.startswith(b"HTTP/1.1 204 "):
+                raise BenchFailed(f"an idle connection to :{port} was answered {status!r}")
+        yield
 
 
 def post_one(port: int, sensor: str) -> None:
@@ -614,7 +644,7 @@ class Bench:
         prefix = new_prefix(scenario.mode)
         # The hot sensor is shared by a pair; fresh sensors must not be.
         prefixes = [prefix if scenario is POST1_HOT else f"{prefix}{i}" for i in range(len(ports))]
-        if scenario is GET:
+        if scenario.mode == "get":
             post_one(ports[0], f"{prefix}0-get")
         bodies = None
         if scenario is POST1000_GZIP:
@@ -622,14 +652,15 @@ class Bench:
             for each in prefixes:
                 bodies[each] = self.wrk.processes.directory / f"{each}.json.gz"
                 bodies[each].write_bytes(gzip.compress(batch_body(each)))
-        results = self.wrk.run(
-            list(zip(ports, prefixes, strict=True)),
-            scenario.mode,
-            self.duration,
-            CONNECTIONS // len(ports),
-            bodies,
-            BENCH_TOKEN if target == ETCD_TOKENS else None,
-        )
+        with idle_connections(ports[0], scenario.idle_connections):
+            results = self.wrk.run(
+                list(zip(ports, prefixes, strict=True)),
+                scenario.mode,
+                self.duration,
+                CONNECTIONS // len(ports),
+                bodies,
+                BENCH_TOKEN if target == ETCD_TOKENS else None,
+            )
         result = WrkResult.merge(results)
         check = ""
         if target != FLOOR:

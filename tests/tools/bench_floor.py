@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         host="127.0.0.1",
         port=args.port,
         threads=args.threads,
+        # The service's default: waitress's own 100 would refuse the bench's
+        # idle connections and wrk's behind them.
+        connection_limit=2048,
         ident="floor",
     )
     return 0
