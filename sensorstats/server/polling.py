@@ -12,7 +12,7 @@ objects whose answer may have changed since they were last asked:
 - those that want something other than to read, or that do not declare
   `idle_is_stable` (the listener, waitress's trigger): a connection with a
   request being served, output to send, or closing is asked every turn;
-- those a thread other than the loop `touch`\\ es;
+- those passed to `touch` (by a thread other than the loop that changed them);
 - every object after `ask_all` (`server.Server` calls it after enforcing
   deadlines, which may close or answer any connection).
 
