@@ -36,7 +36,7 @@ from tests.tools.faults_clients import (
     failure_kind,
 )
 from tests.tools.faults_processes import Status
-from tests.tools.faults_soak import leveling
+from tests.tools.faults_soak import PostCost, leveling, marker_lifetimes, soak_quota
 
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -211,3 +211,32 @@ def test_growth_with_a_small_dip_does_not_level_off() -> None:
     dips = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 20, 24, 26, 28, 30, 32, 34, 36, 40, 44]
     assert kinds(leveling(samples(dips))) == {"soak: no leveling off"}
     assert len(leveling(samples(dips))) == 2
+
+
+def cost(mode: str, rate: float, compacted_bytes: float) -> PostCost:
+    return PostCost(mode, int(rate * 4), int(rate), compacted_bytes, compacted_bytes, 100, rate)
+
+
+def test_markers_stay_in_use_for_their_lease_and_then_until_a_compaction() -> None:
+    # Unkeyed: a 65 s lease (30 s of use, the 5 s write deadline, a 30 s
+    # margin); keyed with a 30 s window: 30 + 3 + 5 = 38 s. Then up to two
+    # 10 s retention periods until compaction frees the pages.
+    assert marker_lifetimes(30) == {"plain": 85, "keyed": 58}
+    assert marker_lifetimes(None) == {"plain": 85}
+
+
+def test_the_soak_quota_is_twice_what_the_capacity_formula_says_the_load_holds() -> None:
+    # Alternating a 4,000/s and a 4,000/s mode: 2,000 of each per second.
+    costs = [cost("plain", 4000, 250), cost("keyed", 4000, 470)]
+    held = 1000 * 200 + 2000 * 250 * 85 + 2000 * 470 * 58
+    assert soak_quota(costs, {"plain": 85, "keyed": 58}) == math.ceil(2 * held / 2**20) * 2**20
+
+
+def test_a_faster_load_gets_a_larger_quota_and_a_slow_one_the_least() -> None:
+    lifetimes = {"plain": 85, "keyed": 58}
+    slow = soak_quota([cost("plain", 100, 250), cost("keyed", 100, 470)], lifetimes)
+    assert slow == 64 * 2**20
+    fast = soak_quota([cost("plain", 5000, 250), cost("keyed", 2500, 470)], lifetimes)
+    faster = soak_quota([cost("plain", 10000, 250), cost("keyed", 5000, 470)], lifetimes)
+    assert fast > slow
+    assert abs(faster - 2 * fast) <= 2 * 2**20  # the sensors, and rounding to MiB
