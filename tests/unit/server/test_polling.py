@@ -102,7 +102,9 @@ def test_the_flags_mean_the_same_to_poll_and_epoll() -> None:
         assert (select.EPOLLERR, select.EPOLLHUP) == (select.POLLERR, select.POLLHUP)
 
 
-def test_an_idle_connection_is_asked_once_then_left_alone(poller, peers) -> None:
+def test_an_idle_connection_is_asked_once_then_left_alone(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     idle = connect(poller, peers)
     for _ in range(5):
         poller.turn(0)
@@ -110,7 +112,9 @@ def test_an_idle_connection_is_asked_once_then_left_alone(poller, peers) -> None
     assert idle.events == []
 
 
-def test_an_idle_connection_gets_what_arrives_and_is_asked_again(poller, peers) -> None:
+def test_an_idle_connection_gets_what_arrives_and_is_asked_again(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     idle = connect(poller, peers)
     poller.turn(0)
     peers[0].sendall(b"request")
@@ -120,14 +124,18 @@ def test_an_idle_connection_gets_what_arrives_and_is_asked_again(poller, peers) 
     assert idle.asked == 2
 
 
-def test_objects_not_stable_while_idle_are_asked_every_turn(poller, peers) -> None:
+def test_objects_not_stable_while_idle_are_asked_every_turn(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     restless = connect(poller, peers, Restless)
     for _ in range(4):
         poller.turn(0)
     assert restless.asked == 4
 
 
-def test_a_busy_connection_is_asked_every_turn_until_it_is_idle(poller, peers) -> None:
+def test_a_busy_connection_is_asked_every_turn_until_it_is_idle(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     busy = connect(poller, peers)
     busy.wants_to_read = False  # a request being served
     for _ in range(3):
@@ -147,7 +155,9 @@ class Served(Connection):
         self.wants_to_read = False
 
 
-def test_a_connection_that_does_not_want_to_read_is_not_handed_its_input(poller, peers) -> None:
+def test_a_connection_that_does_not_want_to_read_is_not_handed_its_input(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     conn = connect(poller, peers, Served)
     poller.turn(0)
     peers[0].sendall(b"request")
@@ -162,7 +172,9 @@ def test_a_connection_that_does_not_want_to_read_is_not_handed_its_input(poller,
     assert conn.events == ["read", "read"]
 
 
-def test_a_touched_connection_is_asked_and_served_before_the_next_poll(poller, peers) -> None:
+def test_a_touched_connection_is_asked_and_served_before_the_next_poll(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     idle = connect(poller, peers)
     poller.turn(0)
 
@@ -177,7 +189,9 @@ def test_a_touched_connection_is_asked_and_served_before_the_next_poll(poller, p
     assert idle.events == ["write"]
 
 
-def test_without_a_touch_a_change_from_elsewhere_waits_for_ask_all(poller, peers) -> None:
+def test_without_a_touch_a_change_from_elsewhere_waits_for_ask_all(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     # The contract that makes touching necessary, and `ask_all` a remedy.
     idle = connect(poller, peers)
     poller.turn(0)
@@ -203,7 +217,9 @@ def reports(poller: Poller) -> list[int]:
     return counts
 
 
-def test_a_connection_written_to_is_narrowed_back_to_reading(poller, peers) -> None:
+def test_a_connection_written_to_is_narrowed_back_to_reading(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     conn = connect(poller, peers)
     conn.wants_to_write = True
     poller.turn(1.0)
@@ -217,7 +233,9 @@ def test_a_connection_written_to_is_narrowed_back_to_reading(poller, peers) -> N
     assert counts[1:] == [0, 0]
 
 
-def test_input_for_a_connection_that_wants_nothing_stops_being_reported(poller, peers) -> None:
+def test_input_for_a_connection_that_wants_nothing_stops_being_reported(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     conn = connect(poller, peers, Served)
     poller.turn(0)
     peers[0].sendall(b"request")
@@ -230,7 +248,7 @@ def test_input_for_a_connection_that_wants_nothing_stops_being_reported(poller, 
     assert conn.events == ["read"]
 
 
-def test_a_hang_up_reaches_an_idle_connection(poller, peers) -> None:
+def test_a_hang_up_reaches_an_idle_connection(poller: Poller, peers: list[socket.socket]) -> None:
     idle = connect(poller, peers)
     poller.turn(0)
     peers[0].close()
@@ -240,7 +258,9 @@ def test_a_hang_up_reaches_an_idle_connection(poller, peers) -> None:
     assert not poller.socket_map
 
 
-def test_a_hang_up_does_not_reach_a_connection_that_wants_nothing(poller, peers) -> None:
+def test_a_hang_up_does_not_reach_a_connection_that_wants_nothing(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     # As waitress: a connection whose request is being served learns of the
     # hang-up when it answers, not from the loop meanwhile.
     busy = connect(poller, peers)
@@ -253,7 +273,9 @@ def test_a_hang_up_does_not_reach_a_connection_that_wants_nothing(poller, peers)
     assert busy.events == []
 
 
-def test_connections_that_come_and_go_leave_nothing_in_the_poll_set(poller, peers) -> None:
+def test_connections_that_come_and_go_leave_nothing_in_the_poll_set(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     survivor = connect(poller, peers)
     for _ in range(50):
         gone = connect(poller, peers)
@@ -268,7 +290,9 @@ def test_connections_that_come_and_go_leave_nothing_in_the_poll_set(poller, peer
     assert list(poller._registered) == [survivor._fileno]
 
 
-def test_a_connection_already_closed_when_registered_is_closed(poller, peers) -> None:
+def test_a_connection_already_closed_when_registered_is_closed(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     doomed = connect(poller, peers)
     doomed.socket.close()  # its descriptor is no longer open, yet it is in the map
     poller.turn(0)
@@ -301,7 +325,9 @@ class Displacer(Connection):
         self.newcomer_peer = theirs
 
 
-def test_an_event_is_delivered_only_to_the_connection_it_was_polled_for(poller, peers) -> None:
+def test_an_event_is_delivered_only_to_the_connection_it_was_polled_for(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
     victim = connect(poller, peers)
     listener_ours, listener_peer = socket.socketpair()
     peers.append(listener_peer)
