@@ -29,7 +29,13 @@ from waitress.utilities import (
 )
 
 from sensorstats.server.answers import problem_response
-from tests.support.service import ROOT, Service, read_response, start_service
+from tests.support.service import (
+    ROOT,
+    Service,
+    closed_by_server,
+    read_response,
+    start_service,
+)
 
 PROBE_BOUND_SECONDS = 2.0
 SAMPLE = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.14}
@@ -37,19 +43,6 @@ SAMPLE = {"sensor": "abc", "timestamp": "2021-11-09T21:38:09+01:00", "value": 3.
 
 def connect(service: Service, timeout: float = 5.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", service.port), timeout=timeout)
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    """Whether the server closes `sock` (EOF or reset) within `within` seconds."""
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
-    return True
 
 
 def probe(service: Service, path: str, method: str = "GET") -> tuple[int, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.service import Service, read_response, start_service
+from tests.support.service import Service, closed_by_server, read_response, start_service
 
 HANG_BOUND_SECONDS = 10.0
 METRICS_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -135,25 +135,13 @@ def test_hundreds_of_idle_and_slow_connections_expiring_at_once_leave_it_serving
                 busy.sendall(METRICS_REQUEST)
                 assert read_response(busy)[0] == b"HTTP/1.1 200 OK"
                 time.sleep(0.1)
-            assert all(closed(sock) for sock in idle)
+            assert all(closed_by_server(sock, HANG_BOUND_SECONDS) for sock in idle)
             statuses = {read_response(sock)[0].split()[1] for sock in slow}
             assert statuses == {b"408"}
-            assert all(closed(sock) for sock in slow)
+            assert all(closed_by_server(sock, HANG_BOUND_SECONDS) for sock in slow)
             busy.sendall(METRICS_REQUEST)
             assert read_response(busy)[0] == b"HTTP/1.1 200 OK"
         assert answers_livez(service)
-
-
-def closed(sock: socket.socket) -> bool:
-    """Whether the server closes `sock` (EOF or reset) before the hang bound."""
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        pass
-    return True
 
 
 def test_a_half_sent_request_does_not_hold_the_drain(tmp_path: Path) -> None:

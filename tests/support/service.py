@@ -154,6 +154,19 @@ def run_module(
     )
 
 
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes `sock` (EOF or reset) within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
 def read_response(sock: socket.socket, head: bool = False) -> tuple[bytes, dict[str, str], bytes]:
     """One response: status line, headers (lower-case names), body by Content-Length.
 

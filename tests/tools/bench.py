@@ -93,6 +93,7 @@ from tests.support.harness import (  # noqa: E402
 )
 from tests.support.ports import free_ports  # noqa: E402
 from tests.support.programs import ensure_program  # noqa: E402
+from tests.support.service import read_response  # noqa: E402
 
 WRK_SCRIPT = ROOT / "tests" / "tools" / "bench_wrk.lua"
 FLOOR_APP = ROOT / "tests" / "tools" / "bench_floor.py"
@@ -236,13 +237,12 @@ def idle_connections(port: int, count: int) -> Iterator[None]:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
             opened.append(sock)
         for sock in opened:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise BenchFailed(f"an idle connection to :{port} closed before its answer")
-                head += chunk
-            status = head.partition(b"\r\n")[0]
+            try:
+                status = read_response(sock)[0]
+            except ConnectionError:
+                raise BenchFailed(
+                    f"an idle connection to :{port} closed before its answer"
+                ) from None
             if not status.startswith(b"HTTP/1.1 204 "):
                 raise BenchFailed(f"an idle connection to :{port} was answered {status!r}")
         yield

@@ -155,13 +155,19 @@ class Served(Connection):
         self.wants_to_read = False
 
 
-def test_a_connection_that_does_not_want_to_read_is_not_handed_its_input(
-    poller: Poller, peers: list[socket.socket]
-) -> None:
+def served_a_request(poller: Poller, peers: list[socket.socket]) -> Connection:
+    """A connection that has read its request and now waits for its answer."""
     conn = connect(poller, peers, Served)
     poller.turn(0)
     peers[0].sendall(b"request")
     poller.turn(1.0)
+    return conn
+
+
+def test_a_connection_that_does_not_want_to_read_is_not_handed_its_input(
+    poller: Poller, peers: list[socket.socket]
+) -> None:
+    conn = served_a_request(poller, peers)
     assert conn.events == ["read"]
     peers[0].sendall(b"pipelined")  # while the request is served
     for _ in range(3):
@@ -236,10 +242,7 @@ def test_a_connection_written_to_is_narrowed_back_to_reading(
 def test_input_for_a_connection_that_wants_nothing_stops_being_reported(
     poller: Poller, peers: list[socket.socket]
 ) -> None:
-    conn = connect(poller, peers, Served)
-    poller.turn(0)
-    peers[0].sendall(b"request")
-    poller.turn(1.0)
+    conn = served_a_request(poller, peers)
     peers[0].sendall(b"pipelined")
     counts = reports(poller)
     for _ in range(3):
